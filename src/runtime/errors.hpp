@@ -1,0 +1,26 @@
+// Error types of the runtime. Every message starts with a bracketed component, e.g.
+// "[host] kernel 'gemm' asks for 40960 bytes of threadgroup memory (limit 32768)".
+// The bindings map each type onto a Python exception class (see src/bindings/runtime.cpp).
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace aproto {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// A shader failed to translate or compile; the message carries the compiler's output (file:line).
+struct CompileError : Error { using Error::Error; };
+// A kernel could not run to completion (bad dispatch arguments, driver error, kernel fault).
+struct DispatchError : Error { using Error::Error; };
+// Threads of a threadgroup wait on a barrier or SIMD operation that others never reach.
+struct DeadlockError : DispatchError { using DispatchError::DispatchError; };
+// A device limit was exceeded (threadgroup memory, threads per threadgroup).
+struct LimitError : DispatchError { using DispatchError::DispatchError; };
+// Checked mode caught a device-buffer access outside its buffer.
+struct OutOfBoundsError : DispatchError { using DispatchError::DispatchError; };
+// The requested backend does not exist on this machine.
+struct BackendUnavailable : Error { using Error::Error; };
+
+}  // namespace aproto

@@ -1,0 +1,87 @@
+#include "runtime/source.hpp"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace aproto {
+
+namespace {
+
+std::string dirname_of(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+bool read_file(const std::string& path, std::string& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return true;
+}
+
+// Parses `#include "name"` on one line; returns false for any other line.
+bool quoted_include(const std::string& line, std::string& name) {
+  size_t i = line.find_first_not_of(" \t");
+  if (i == std::string::npos || line[i] != '#') return false;
+  i = line.find_first_not_of(" \t", i + 1);
+  if (i == std::string::npos || line.compare(i, 7, "include") != 0) return false;
+  size_t open = line.find('"', i + 7);
+  if (open == std::string::npos || line.find_first_not_of(" \t", i + 7) != open) return false;
+  size_t close = line.find('"', open + 1);
+  if (close == std::string::npos) return false;
+  name = line.substr(open + 1, close - open - 1);
+  return true;
+}
+
+void expand(const std::string& text, const std::string& path, const std::vector<std::string>& dirs,
+            std::vector<std::string>& stack, std::string& out) {
+  std::istringstream in(text);
+  std::string line;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    lineno++;
+    std::string name;
+    if (!quoted_include(line, name)) {
+      out += line + "\n";
+      continue;
+    }
+    std::vector<std::string> candidates{dirname_of(path) + "/" + name};
+    for (const auto& d : dirs) candidates.push_back(d + "/" + name);
+    std::string found, body;
+    for (const auto& c : candidates)
+      if (read_file(c, body)) { found = c; break; }
+    if (found.empty())
+      throw CompileError(path + ":" + std::to_string(lineno) + ": error: include file '" + name + "' not found");
+    for (const auto& s : stack)
+      if (s == found) throw CompileError(path + ":" + std::to_string(lineno) + ": error: include cycle through '" + name + "'");
+    stack.push_back(found);
+    out += "#line 1 \"" + found + "\"\n";
+    expand(body, found, dirs, stack, out);
+    out += "#line " + std::to_string(lineno + 1) + " \"" + path + "\"\n";
+    stack.pop_back();
+  }
+}
+
+}  // namespace
+
+std::string resolve_includes(const Source& source) {
+  std::string path = source.path.empty() ? "<source>" : source.path;
+  std::vector<std::string> stack{path};
+  std::string out = "#line 1 \"" + path + "\"\n";
+  expand(source.text, path, source.include_dirs, stack, out);
+  return out;
+}
+
+std::string content_hash(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) { h ^= c; h *= 1099511628211ull; }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+  return buf;
+}
+
+}  // namespace aproto
