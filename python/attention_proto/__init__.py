@@ -1,0 +1,42 @@
+"""attention_proto: attention-kernel prototypes for Apple Silicon GPUs, written in MSL.
+
+Every kernel runs through one of two backends: ``metal`` (an Apple GPU, through metal-cpp) or ``host``
+(the same MSL on the CPU, for numerics and CI on any machine). Timings from the host backend are CPU
+timings and never stand for an Apple GPU.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._core import (
+    AttentionProtoError,
+    BackendUnavailableError,
+    DeadlockError,
+    DispatchError,
+    OutOfBoundsError,
+    ResourceLimitError,
+    ShaderCompileError,
+)
+from .kernel import DispatchTiming, Kernel
+from .runtime import backends, device_info, shader_dir
+
+try:
+    __version__ = version("attention-proto")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+source"
+
+__all__ = [
+    "AttentionProtoError",
+    "BackendUnavailableError",
+    "DeadlockError",
+    "DispatchError",
+    "DispatchTiming",
+    "Kernel",
+    "OutOfBoundsError",
+    "ResourceLimitError",
+    "ShaderCompileError",
+    "__version__",
+    "backends",
+    "device_info",
+    "shader_dir",
+]

@@ -1,0 +1,491 @@
+// The Metal Shading Language standard library, emulated in C++ for the host backend.
+// Kernel sources are translated (src/host/translate.cpp) and compiled with clang against this header:
+// vector types are clang ext_vector_types (swizzles for free), `half` is _Float16, `bfloat` is __bf16.
+// Everything that needs the other GPU threads (barriers, SIMD operations, threadgroup memory) calls
+// the runtime through the C table in aproto_kernel_abi.h. Header-only on purpose: a kernel library
+// links no C++ runtime, so any clang (system or the ziglang wheel) can build it.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "aproto_kernel_abi.h"
+
+// ------------------------------------------------------------------------------------ scalar types
+typedef _Float16 half;
+typedef __bf16 bfloat;
+typedef unsigned int uint;
+typedef unsigned short ushort;
+typedef unsigned char uchar;
+typedef uint64_t ulong;
+
+template <class T, int N> using aproto_vec = T __attribute__((ext_vector_type(N)));
+#define APROTO_VEC_TYPES(T, P) \
+  typedef aproto_vec<T, 2> P##2; typedef aproto_vec<T, 3> P##3; typedef aproto_vec<T, 4> P##4;
+APROTO_VEC_TYPES(float, float) APROTO_VEC_TYPES(half, half) APROTO_VEC_TYPES(bfloat, bfloat)
+APROTO_VEC_TYPES(int, int) APROTO_VEC_TYPES(uint, uint) APROTO_VEC_TYPES(short, short)
+APROTO_VEC_TYPES(ushort, ushort) APROTO_VEC_TYPES(char, char) APROTO_VEC_TYPES(uchar, uchar)
+APROTO_VEC_TYPES(bool, bool) APROTO_VEC_TYPES(long, long) APROTO_VEC_TYPES(ulong, ulong)
+#undef APROTO_VEC_TYPES
+
+namespace aproto_rt {
+inline const aproto_runtime* g_rt = nullptr;
+
+template <class T> struct vinfo { static constexpr int n = 1; using elem = T; };
+template <class T, int N> struct vinfo<aproto_vec<T, N>> { static constexpr int n = N; using elem = T; };
+template <class T> using bare = std::remove_cv_t<std::remove_reference_t<T>>;
+template <class T> constexpr bool is_vec = vinfo<bare<T>>::n > 1;
+
+inline const aproto_thread_pos& pos() { return *g_rt->current(); }
+inline uint32_t lane() { return pos().thread_index_in_simdgroup[0]; }
+[[noreturn]] inline void fail(const char* msg) { g_rt->fail(msg); __builtin_unreachable(); }
+constexpr uint32_t site(uint32_t line, uint32_t column) { return (line << 12) | (column & 0xfffu); }
+
+// A thread-position attribute as the parameter type the kernel declared (scalar takes [0]).
+template <class T> inline T position(const uint32_t* v) {
+  using U = bare<T>;
+  if constexpr (is_vec<U>) {
+    U r;
+    for (int i = 0; i < vinfo<U>::n; i++) r[i] = (typename vinfo<U>::elem)v[i];
+    return r;
+  } else {
+    return (U)v[0];
+  }
+}
+
+// Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
+template <class T> inline T& threadgroup_variable(uint32_t site, const char* name) {
+  return *static_cast<T*>(g_rt->threadgroup_variable(site, sizeof(T), alignof(T), name));
+}
+inline void* threadgroup_argument(uint32_t index) { return g_rt->threadgroup_argument(index); }
+
+// Every taking-part lane deposits `v`; returns the 32 slots and the mask of lanes that took part.
+template <class T>
+inline const unsigned char* exchange(const T& v, uint32_t& mask, uint32_t site, uint32_t flags, const char* what) {
+  static_assert(sizeof(T) <= APROTO_SIMD_SLOT_BYTES, "value too large for one SIMD exchange");
+  return g_rt->simd_exchange(&v, sizeof(T), site, flags, what, &mask);
+}
+template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
+  T t;
+  std::memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
+  return t;
+}
+}  // namespace aproto_rt
+
+#define APROTO_SITE uint32_t __site = ::aproto_rt::site(__builtin_LINE(), __builtin_COLUMN())
+
+// ------------------------------------------------------------------------------------ metal::
+namespace metal {
+using aproto_rt::vinfo;
+template <class T, int N> using vec = aproto_vec<T, N>;
+
+// Vector construction with MSL semantics: float4(x) splats, float4(a.xy, z, w) concatenates,
+// float4(half4) converts element-wise. The translator rewrites `float4(...)` into vmake<float4>(...).
+template <class V, class... A> inline V vmake(A... a) {
+  using E = typename vinfo<V>::elem;
+  constexpr int N = vinfo<V>::n;
+  if constexpr (sizeof...(A) == 0) {
+    return (V)(E)0;
+  } else if constexpr (sizeof...(A) == 1 && ((vinfo<A>::n == 1) && ...)) {
+    return (V)(E)(a, ...);
+  } else {
+    static_assert((vinfo<A>::n + ...) == N, "vector constructor: the component count does not match");
+    V r;
+    int k = 0;
+    auto put = [&](auto x) {
+      using X = decltype(x);
+      if constexpr (vinfo<X>::n == 1) r[k++] = (E)x;
+      else for (int i = 0; i < vinfo<X>::n; i++) r[k++] = (E)x[i];
+    };
+    (put(a), ...);
+    return r;
+  }
+}
+// static_cast<float4>(v) and (float4)v are conversions in MSL but bit casts on clang vectors;
+// the translator rewrites both into convert<float4>(v) / vcast<float4>{}->*v.
+template <class V, class A> inline V convert(A a) {
+  if constexpr (aproto_rt::is_vec<A>) return __builtin_convertvector(a, V);
+  else return vmake<V>(a);
+}
+template <class V> struct vcast {};
+template <class V, class A> inline V operator->*(vcast<V>, A a) { return convert<V>(a); }
+template <class To, class From> inline To as_type(From f) {
+  static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
+  return __builtin_bit_cast(To, f);
+}
+
+// ---- math: float, half and bfloat scalars (computed in float), and element-wise on vectors
+template <class T> using if_scalar_float =
+    std::enable_if_t<std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, bfloat>, T>;
+#define APROTO_UNARY(name, expr)                                                              \
+  template <class T> inline if_scalar_float<T> name(T v) { float x = (float)v; return (T)(expr); } \
+  template <class T, int N> inline vec<T, N> name(vec<T, N> v) {                          \
+    for (int i = 0; i < N; i++) v[i] = name(v[i]);                                         \
+    return v;                                                                              \
+  }
+APROTO_UNARY(exp, __builtin_expf(x)) APROTO_UNARY(exp2, __builtin_exp2f(x))
+APROTO_UNARY(exp10, __builtin_powf(10.0f, x)) APROTO_UNARY(log, __builtin_logf(x))
+APROTO_UNARY(log2, __builtin_log2f(x)) APROTO_UNARY(log10, __builtin_log10f(x))
+APROTO_UNARY(sqrt, __builtin_sqrtf(x)) APROTO_UNARY(rsqrt, 1.0f / __builtin_sqrtf(x))
+APROTO_UNARY(fabs, __builtin_fabsf(x)) APROTO_UNARY(floor, __builtin_floorf(x))
+APROTO_UNARY(ceil, __builtin_ceilf(x)) APROTO_UNARY(round, __builtin_roundf(x))
+APROTO_UNARY(rint, __builtin_rintf(x)) APROTO_UNARY(trunc, __builtin_truncf(x))
+APROTO_UNARY(fract, x - __builtin_floorf(x)) APROTO_UNARY(sin, __builtin_sinf(x))
+APROTO_UNARY(cos, __builtin_cosf(x)) APROTO_UNARY(tan, __builtin_tanf(x))
+APROTO_UNARY(asin, __builtin_asinf(x)) APROTO_UNARY(acos, __builtin_acosf(x))
+APROTO_UNARY(atan, __builtin_atanf(x)) APROTO_UNARY(sinh, __builtin_sinhf(x))
+APROTO_UNARY(cosh, __builtin_coshf(x)) APROTO_UNARY(tanh, __builtin_tanhf(x))
+APROTO_UNARY(saturate, __builtin_fminf(__builtin_fmaxf(x, 0.0f), 1.0f))
+APROTO_UNARY(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
+#undef APROTO_UNARY
+#define APROTO_BINARY(name, expr)                                                               \
+  template <class T> inline if_scalar_float<T> name(T a, T b) { float x = (float)a, y = (float)b; return (T)(expr); } \
+  template <class T, int N> inline vec<T, N> name(vec<T, N> a, vec<T, N> b) {               \
+    for (int i = 0; i < N; i++) a[i] = name(a[i], b[i]);                                     \
+    return a;                                                                                \
+  }
+APROTO_BINARY(pow, __builtin_powf(x, y)) APROTO_BINARY(powr, __builtin_powf(x, y))
+APROTO_BINARY(atan2, __builtin_atan2f(x, y)) APROTO_BINARY(fmod, __builtin_fmodf(x, y))
+APROTO_BINARY(copysign, __builtin_copysignf(x, y)) APROTO_BINARY(divide, x / y)
+APROTO_BINARY(step, y < x ? 0.0f : 1.0f)
+#undef APROTO_BINARY
+template <class T> inline if_scalar_float<T> fma(T a, T b, T c) { return (T)__builtin_fmaf((float)a, (float)b, (float)c); }
+template <class T, int N> inline vec<T, N> fma(vec<T, N> a, vec<T, N> b, vec<T, N> c) {
+  for (int i = 0; i < N; i++) a[i] = fma(a[i], b[i], c[i]);
+  return a;
+}
+// abs, min, max, clamp work on integers too.
+template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> abs(T v) { return v < T(0) ? T(-v) : v; }
+template <class T, int N> inline vec<T, N> abs(vec<T, N> v) { for (int i = 0; i < N; i++) v[i] = abs(v[i]); return v; }
+template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> max(T a, T b) { return a > b ? a : b; }
+template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> min(T a, T b) { return a < b ? a : b; }
+template <class T, int N> inline vec<T, N> max(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = max(a[i], b[i]); return a; }
+template <class T, int N> inline vec<T, N> min(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = min(a[i], b[i]); return a; }
+template <class T, int N> inline vec<T, N> max(vec<T, N> a, T b) { return max(a, (vec<T, N>)b); }
+template <class T, int N> inline vec<T, N> min(vec<T, N> a, T b) { return min(a, (vec<T, N>)b); }
+// fmax/fmin ignore a NaN operand, as IEEE maxNum does.
+template <class T> inline if_scalar_float<T> fmax(T a, T b) { return (T)__builtin_fmaxf((float)a, (float)b); }
+template <class T> inline if_scalar_float<T> fmin(T a, T b) { return (T)__builtin_fminf((float)a, (float)b); }
+template <class T, int N> inline vec<T, N> fmax(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmax(a[i], b[i]); return a; }
+template <class T, int N> inline vec<T, N> fmin(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmin(a[i], b[i]); return a; }
+template <class T, class L> inline T clamp(T x, L lo, L hi) { return min(max(x, (T)lo), (T)hi); }
+template <class T, class U> inline T mix(T a, T b, U t) { return a + (b - a) * t; }
+template <class T> inline bool isnan(T v) { return __builtin_isnan((float)v); }
+template <class T> inline bool isinf(T v) { return __builtin_isinf((float)v); }
+template <class T> inline bool isfinite(T v) { return __builtin_isfinite((float)v); }
+template <class T> inline bool signbit(T v) { return __builtin_signbit((float)v); }
+template <class T, int N> inline T dot(vec<T, N> a, vec<T, N> b) {
+  float s = 0.0f;
+  for (int i = 0; i < N; i++) s += (float)a[i] * (float)b[i];
+  return (T)s;
+}
+template <class T, int N> inline T length(vec<T, N> a) { return (T)__builtin_sqrtf((float)dot(a, a)); }
+template <class T, int N> inline vec<T, N> normalize(vec<T, N> a) { return a / length(a); }
+template <class V> inline bool all(V v) { for (int i = 0; i < vinfo<V>::n; i++) if (!v[i]) return false; return true; }
+template <class V> inline bool any(V v) { for (int i = 0; i < vinfo<V>::n; i++) if (v[i]) return true; return false; }
+template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> select(T a, T b, bool c) { return c ? b : a; }
+template <class T, int N, class M> inline vec<T, N> select(vec<T, N> a, vec<T, N> b, M c) {
+  for (int i = 0; i < N; i++) a[i] = c[i] ? b[i] : a[i];
+  return a;
+}
+inline uint popcount(uint v) { return (uint)__builtin_popcount(v); }
+inline uint ctz(uint v) { return v ? (uint)__builtin_ctz(v) : 32u; }
+inline uint clz(uint v) { return v ? (uint)__builtin_clz(v) : 32u; }
+template <class T> inline T mulhi(T a, T b) { return (T)(((int64_t)a * (int64_t)b) >> (8 * sizeof(T))); }
+// fast:: and precise:: name the same functions here: the host computes in IEEE float either way.
+namespace fast { using namespace ::metal; }
+namespace precise { using namespace ::metal; }
+
+template <class T> struct numeric_limits : std::numeric_limits<T> {};
+template <> struct numeric_limits<half> {
+  static constexpr half max() { return (half)65504.0f; }
+  static constexpr half lowest() { return (half)-65504.0f; }
+  static constexpr half min() { return (half)6.103515625e-05f; }
+  static constexpr half epsilon() { return (half)0.0009765625f; }
+  static constexpr half infinity() { return (half)__builtin_inff(); }
+  static constexpr half quiet_NaN() { return (half)__builtin_nanf(""); }
+  static constexpr bool has_infinity = true;
+};
+template <> struct numeric_limits<bfloat> {
+  static bfloat max() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F7F); }
+  static bfloat lowest() { return __builtin_bit_cast(bfloat, (uint16_t)0xFF7F); }
+  static bfloat min() { return __builtin_bit_cast(bfloat, (uint16_t)0x0080); }
+  static bfloat epsilon() { return __builtin_bit_cast(bfloat, (uint16_t)0x3C00); }
+  static bfloat infinity() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F80); }
+  static bfloat quiet_NaN() { return __builtin_bit_cast(bfloat, (uint16_t)0x7FC0); }
+  static constexpr bool has_infinity = true;
+};
+
+// ---- barriers
+enum class mem_flags : uint32_t {
+  mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4, mem_threadgroup_imageblock = 8, mem_object_data = 16
+};
+constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(uint32_t(a) | uint32_t(b)); }
+inline void threadgroup_barrier(mem_flags = mem_flags::mem_none, APROTO_SITE) { aproto_rt::g_rt->threadgroup_barrier(__site); }
+inline void simdgroup_barrier(mem_flags = mem_flags::mem_none, APROTO_SITE) {
+  uint32_t m;
+  aproto_rt::exchange(0, m, __site, APROTO_SIMD_ALL_LANES, "simdgroup_barrier");
+}
+
+// ---- SIMD-group functions: they act on the lanes that reach them together (the active lanes).
+#define APROTO_SIMD_REDUCE(name, op)                                                            \
+  template <class T> inline T name(T v, APROTO_SITE) {                                          \
+    uint32_t m;                                                                                 \
+    const unsigned char* d = aproto_rt::exchange(v, m, __site, 0, #name);                       \
+    T vals[APROTO_SIMD_WIDTH];                                                                  \
+    int n = 0;                                                                                  \
+    for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++)                                            \
+      if (m >> l & 1) vals[n++] = aproto_rt::slot<T>(d, l);                                     \
+    for (int w = 1; w < n; w *= 2) /* pairwise tree, the same on every lane */                  \
+      for (int i = 0; i + w < n; i += 2 * w) { T a = vals[i], b = vals[i + w]; vals[i] = (op); } \
+    return vals[0];                                                                             \
+  }
+APROTO_SIMD_REDUCE(simd_sum, a + b)
+APROTO_SIMD_REDUCE(simd_product, a * b)
+APROTO_SIMD_REDUCE(simd_max, max(a, b))
+APROTO_SIMD_REDUCE(simd_min, min(a, b))
+APROTO_SIMD_REDUCE(simd_and, a & b)
+APROTO_SIMD_REDUCE(simd_or, a | b)
+APROTO_SIMD_REDUCE(simd_xor, a ^ b)
+#undef APROTO_SIMD_REDUCE
+
+#define APROTO_SIMD_PREFIX(name, op, inclusive)                                                 \
+  template <class T> inline T name(T v, APROTO_SITE) {                                          \
+    uint32_t m;                                                                                 \
+    const unsigned char* d = aproto_rt::exchange(v, m, __site, 0, #name);                       \
+    uint32_t me = aproto_rt::lane();                                                            \
+    T acc = inclusive ? v : T(op == '*' ? 1 : 0);                                               \
+    for (uint32_t l = 0; l < me; l++)                                                           \
+      if (m >> l & 1) acc = op == '*' ? acc * aproto_rt::slot<T>(d, l) : acc + aproto_rt::slot<T>(d, l); \
+    return acc;                                                                                 \
+  }
+APROTO_SIMD_PREFIX(simd_prefix_exclusive_sum, '+', false)
+APROTO_SIMD_PREFIX(simd_prefix_inclusive_sum, '+', true)
+APROTO_SIMD_PREFIX(simd_prefix_exclusive_product, '*', false)
+APROTO_SIMD_PREFIX(simd_prefix_inclusive_product, '*', true)
+#undef APROTO_SIMD_PREFIX
+
+namespace detail {
+// Value of lane `src` when it took part, else the caller's own value (undefined in MSL).
+template <class T> inline T shuffle_from(T v, uint32_t src, uint32_t site, const char* what) {
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(v, m, site, 0, what);
+  return (src < APROTO_SIMD_WIDTH && (m >> src & 1)) ? aproto_rt::slot<T>(d, src) : v;
+}
+}  // namespace detail
+template <class T> inline T simd_shuffle(T v, ushort lane, APROTO_SITE) {
+  return detail::shuffle_from(v, lane, __site, "simd_shuffle");
+}
+template <class T> inline T simd_broadcast(T v, ushort lane, APROTO_SITE) {
+  return detail::shuffle_from(v, lane, __site, "simd_broadcast");
+}
+template <class T> inline T simd_shuffle_xor(T v, ushort mask, APROTO_SITE) {
+  return detail::shuffle_from(v, aproto_rt::lane() ^ mask, __site, "simd_shuffle_xor");
+}
+// Lanes whose source falls outside the SIMD-group keep their own value.
+template <class T> inline T simd_shuffle_down(T v, ushort delta, APROTO_SITE) {
+  uint32_t me = aproto_rt::lane();
+  return detail::shuffle_from(v, me + delta < APROTO_SIMD_WIDTH ? me + delta : me, __site, "simd_shuffle_down");
+}
+template <class T> inline T simd_shuffle_up(T v, ushort delta, APROTO_SITE) {
+  uint32_t me = aproto_rt::lane();
+  return detail::shuffle_from(v, me >= delta ? me - delta : me, __site, "simd_shuffle_up");
+}
+template <class T> inline T simd_shuffle_rotate_down(T v, ushort delta, APROTO_SITE) {
+  return detail::shuffle_from(v, (aproto_rt::lane() + delta) % APROTO_SIMD_WIDTH, __site, "simd_shuffle_rotate_down");
+}
+template <class T> inline T simd_shuffle_rotate_up(T v, ushort delta, APROTO_SITE) {
+  return detail::shuffle_from(v, (aproto_rt::lane() + APROTO_SIMD_WIDTH - delta % APROTO_SIMD_WIDTH) % APROTO_SIMD_WIDTH,
+                              __site, "simd_shuffle_rotate_up");
+}
+template <class T> inline T simd_broadcast_first(T v, APROTO_SITE) {
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(v, m, __site, 0, "simd_broadcast_first");
+  return aproto_rt::slot<T>(d, (uint32_t)__builtin_ctz(m));
+}
+inline bool simd_all(bool b, APROTO_SITE) {
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(b, m, __site, 0, "simd_all");
+  for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++)
+    if ((m >> l & 1) && !aproto_rt::slot<bool>(d, l)) return false;
+  return true;
+}
+inline bool simd_any(bool b, APROTO_SITE) {
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(b, m, __site, 0, "simd_any");
+  for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++)
+    if ((m >> l & 1) && aproto_rt::slot<bool>(d, l)) return true;
+  return false;
+}
+// simd_vote: a bit per lane. Lanes that did not take part read as 0.
+struct simd_vote {
+  ulong v;
+  explicit operator ulong() const { return v; }
+  bool all() const { return v == 0xffffffffull; }
+  bool any() const { return v != 0; }
+};
+inline simd_vote simd_ballot(bool b, APROTO_SITE) {
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(b, m, __site, 0, "simd_ballot");
+  ulong bits = 0;
+  for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++)
+    if ((m >> l & 1) && aproto_rt::slot<bool>(d, l)) bits |= 1ull << l;
+  return simd_vote{bits};
+}
+inline simd_vote simd_active_threads_mask(APROTO_SITE) {
+  uint32_t m;
+  aproto_rt::exchange(0, m, __site, 0, "simd_active_threads_mask");
+  return simd_vote{m};
+}
+inline bool simd_is_first(APROTO_SITE) {
+  uint32_t m;
+  aproto_rt::exchange(0, m, __site, 0, "simd_is_first");
+  return aproto_rt::lane() == (uint32_t)__builtin_ctz(m);
+}
+
+// ---- simdgroup_matrix<T, 8, 8>
+// Every lane keeps the whole 8x8 tile: loads, stores and multiplies are computed redundantly per lane,
+// so they need no rendezvous. thread_elements() hands the lane its 2 elements in Apple's layout; after
+// a lane writes them the copies differ, and the next whole-matrix operation first gathers the 32x2
+// owned elements from all lanes (one rendezvous that every lane must join).
+inline void sg_matrix_coord(uint32_t lane, int& row, int& col) {
+  int quad = (int)lane / 4;
+  row = (quad & 4) + ((int)lane / 2) % 4;
+  col = (quad & 2) * 2 + ((int)lane % 2) * 2;
+}
+template <class T, int Cols, int Rows> struct simdgroup_matrix {
+  static_assert(Cols == 8 && Rows == 8, "the host backend emulates 8x8 simdgroup matrices only");
+  T m[64];
+  bool lane_modified = false;
+  simdgroup_matrix() = default;
+  explicit simdgroup_matrix(T diagonal) {
+    for (int i = 0; i < 64; i++) m[i] = (i % 9 == 0) ? diagonal : T(0);
+  }
+  vec<T, 2>& thread_elements() {
+    int r, c;
+    sg_matrix_coord(aproto_rt::lane(), r, c);
+    lane_modified = true;
+    return *reinterpret_cast<vec<T, 2>*>(&m[r * 8 + c]);
+  }
+  void gather(uint32_t site) {
+    if (!lane_modified) return;
+    int r, c;
+    sg_matrix_coord(aproto_rt::lane(), r, c);
+    vec<T, 2> mine;
+    mine[0] = m[r * 8 + c];
+    mine[1] = m[r * 8 + c + 1];
+    uint32_t mask;
+    const unsigned char* d = aproto_rt::exchange(mine, mask, site, APROTO_SIMD_ALL_LANES, "simdgroup_matrix (after thread_elements)");
+    for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++) {
+      if (!(mask >> l & 1)) continue;
+      sg_matrix_coord(l, r, c);
+      vec<T, 2> e = aproto_rt::slot<vec<T, 2>>(d, l);
+      m[r * 8 + c] = e[0];
+      m[r * 8 + c + 1] = e[1];
+    }
+    lane_modified = false;
+  }
+};
+typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
+typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
+typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
+
+template <class T, int C, int R> inline simdgroup_matrix<T, C, R> make_filled_simdgroup_matrix(T value) {
+  simdgroup_matrix<T, C, R> r;
+  for (int i = 0; i < 64; i++) r.m[i] = value;
+  return r;
+}
+// origin is (column, row) of the tile's top-left element, as in MSL.
+template <class T, class P>
+inline void simdgroup_load(simdgroup_matrix<T, 8, 8>& d, const P* src, ulong elements_per_row = 8,
+                           ulong2 origin = 0, bool transpose = false) {
+  src += origin.y * elements_per_row + origin.x;
+  for (int r = 0; r < 8; r++)
+    for (int c = 0; c < 8; c++)
+      d.m[r * 8 + c] = (T)(transpose ? src[c * elements_per_row + r] : src[r * elements_per_row + c]);
+  d.lane_modified = false;
+}
+template <class T, class P>
+inline void simdgroup_store(simdgroup_matrix<T, 8, 8> s, P* dst, ulong elements_per_row = 8, ulong2 origin = 0,
+                            bool transpose = false, APROTO_SITE) {
+  s.gather(__site);
+  dst += origin.y * elements_per_row + origin.x;
+  for (int r = 0; r < 8; r++)
+    for (int c = 0; c < 8; c++)
+      (transpose ? dst[c * elements_per_row + r] : dst[r * elements_per_row + c]) = (P)s.m[r * 8 + c];
+}
+// d = a * b + c, accumulated in float.
+template <class TD, class TA, class TB, class TC>
+inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, simdgroup_matrix<TA, 8, 8> a,
+                                          simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c,
+                                          APROTO_SITE) {
+  a.gather(__site);
+  b.gather(__site);
+  c.gather(__site);
+  float fa[64], fb[64], acc[64];
+  for (int i = 0; i < 64; i++) { fa[i] = (float)a.m[i]; fb[i] = (float)b.m[i]; acc[i] = (float)c.m[i]; }
+  for (int i = 0; i < 8; i++)
+    for (int k = 0; k < 8; k++)
+      for (int j = 0; j < 8; j++) acc[i * 8 + j] = __builtin_fmaf(fa[i * 8 + k], fb[k * 8 + j], acc[i * 8 + j]);
+  for (int i = 0; i < 64; i++) d.m[i] = (TD)acc[i];
+  d.lane_modified = false;
+}
+template <class TD, class TA, class TB>
+inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, simdgroup_matrix<TA, 8, 8> a,
+                               simdgroup_matrix<TB, 8, 8> b, APROTO_SITE) {
+  simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<TD, 8, 8>(TD(0)), __site);
+}
+
+// ---- atomics: device atomics race across worker threads for real, so they map onto real atomics.
+enum memory_order { memory_order_relaxed = __ATOMIC_RELAXED };
+template <class T> struct atomic { T v; };
+typedef atomic<int> atomic_int;
+typedef atomic<uint> atomic_uint;
+typedef atomic<float> atomic_float;
+template <class T, class U> inline T atomic_fetch_add_explicit(volatile atomic<T>* a, U x, memory_order) {
+  if constexpr (std::is_integral_v<T>) {
+    return __atomic_fetch_add(&a->v, (T)x, __ATOMIC_RELAXED);
+  } else {
+    T old = __atomic_load_n(&a->v, __ATOMIC_RELAXED), next;
+    do next = old + (T)x;
+    while (!__atomic_compare_exchange(&a->v, &old, &next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return old;
+  }
+}
+template <class T, class U> inline T atomic_fetch_sub_explicit(volatile atomic<T>* a, U x, memory_order o) {
+  return atomic_fetch_add_explicit(a, -(T)x, o);
+}
+template <class T, class U> inline T atomic_fetch_max_explicit(volatile atomic<T>* a, U x, memory_order) {
+  return __atomic_fetch_max(&a->v, (T)x, __ATOMIC_RELAXED);
+}
+template <class T, class U> inline T atomic_fetch_min_explicit(volatile atomic<T>* a, U x, memory_order) {
+  return __atomic_fetch_min(&a->v, (T)x, __ATOMIC_RELAXED);
+}
+template <class T> inline T atomic_load_explicit(volatile atomic<T>* a, memory_order) { return __atomic_load_n(&a->v, __ATOMIC_RELAXED); }
+template <class T, class U> inline void atomic_store_explicit(volatile atomic<T>* a, U x, memory_order) {
+  __atomic_store_n(&a->v, (T)x, __ATOMIC_RELAXED);
+}
+template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>* a, U x, memory_order) {
+  return __atomic_exchange_n(&a->v, (T)x, __ATOMIC_RELAXED);
+}
+}  // namespace metal
+
+// ---- constants MSL provides as macros
+#define MAXFLOAT 3.402823466e+38f
+#define HUGE_VALF __builtin_huge_valf()
+#define FLT_MAX 3.402823466e+38f
+#define FLT_MIN 1.175494351e-38f
+#define FLT_EPSILON 1.192092896e-07f
+#define HALF_MAX ((half)65504.0f)
+#define M_PI_F 3.14159265358979323846f
+#define M_E_F 2.71828182845904523536f
+#define M_LOG2E_F 1.44269504088896340736f
+#define M_LOG10E_F 0.434294481903251827651f
+#define M_LN2_F 0.693147180559945309417f
+#define M_LN10_F 2.30258509299404568402f
+#define M_SQRT2_F 1.41421356237309504880f
+#define M_SQRT1_2_F 0.707106781186547524401f
+#define METAL_FUNC inline __attribute__((always_inline))

@@ -1,0 +1,542 @@
+#include "host/translate.hpp"
+
+#include <cctype>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "runtime/errors.hpp"
+
+namespace aproto::host {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------- lexer
+enum class Kind { Space, Ident, Number, String, Punct, Directive };
+
+struct Token {
+  Kind kind;
+  std::string text;
+  std::string file;  // logical position (after #line), for messages
+  int line;
+};
+
+std::vector<Token> lex(const std::string& src, const std::string& default_file) {
+  std::vector<Token> out;
+  std::string file = default_file;
+  int line = 1;
+  size_t i = 0, n = src.size();
+  bool line_start = true;
+  auto push = [&](Kind k, size_t from, size_t to) { out.push_back({k, src.substr(from, to - from), file, line}); };
+  while (i < n) {
+    char c = src[i];
+    size_t start = i;
+    if (c == '\n') {
+      i++;
+      push(Kind::Space, start, i);
+      line++;
+      line_start = true;
+      continue;
+    }
+    if (std::isspace((unsigned char)c)) {
+      while (i < n && src[i] != '\n' && std::isspace((unsigned char)src[i])) i++;
+      push(Kind::Space, start, i);
+      continue;
+    }
+    if (c == '/' && i + 1 < n && src[i + 1] == '/') {  // comment -> spaces
+      while (i < n && src[i] != '\n') i++;
+      out.push_back({Kind::Space, " ", file, line});
+      continue;
+    }
+    if (c == '/' && i + 1 < n && src[i + 1] == '*') {
+      size_t end = src.find("*/", i + 2);
+      end = end == std::string::npos ? n : end + 2;
+      std::string keep;  // keep the newlines so line numbers survive
+      for (size_t k = i; k < end; k++)
+        if (src[k] == '\n') keep += '\n';
+      out.push_back({Kind::Space, keep.empty() ? " " : keep, file, line});
+      for (char k : keep) line += (k == '\n');
+      i = end;
+      if (!keep.empty()) line_start = true;
+      continue;
+    }
+    if (c == '#' && line_start) {  // a whole preprocessor line, with continuations
+      while (i < n && src[i] != '\n') {
+        if (src[i] == '\\' && i + 1 < n && src[i + 1] == '\n') { i += 2; line++; continue; }
+        i++;
+      }
+      std::string text = src.substr(start, i - start);
+      push(Kind::Directive, start, i);
+      // "#line N "file"": the line after it is line N of that file
+      size_t p = text.find_first_not_of(" \t", 1);
+      if (p != std::string::npos && text.compare(p, 4, "line") == 0) {
+        int next = std::atoi(text.c_str() + p + 4);
+        size_t q1 = text.find('"'), q2 = text.rfind('"');
+        if (q1 != std::string::npos && q2 > q1) file = text.substr(q1 + 1, q2 - q1 - 1);
+        if (i < n) {  // consume the newline under the new numbering
+          out.push_back({Kind::Space, "\n", file, next - 1});
+          i++;
+        }
+        line = next;
+        line_start = true;
+      }
+      continue;
+    }
+    line_start = false;
+    if (std::isalpha((unsigned char)c) || c == '_') {
+      while (i < n && (std::isalnum((unsigned char)src[i]) || src[i] == '_')) i++;
+      push(Kind::Ident, start, i);
+      continue;
+    }
+    if (std::isdigit((unsigned char)c) || (c == '.' && i + 1 < n && std::isdigit((unsigned char)src[i + 1]))) {
+      while (i < n) {  // pp-number: digits, letters, '.', and a sign right after an exponent letter
+        char d = src[i];
+        char prev = src[i - 1];
+        bool exponent_sign = (d == '+' || d == '-') && (prev == 'e' || prev == 'E' || prev == 'p' || prev == 'P');
+        if (exponent_sign || std::isalnum((unsigned char)d) || d == '.' || d == '_' || d == '\'') { i++; continue; }
+        break;
+      }
+      push(Kind::Number, start, i);
+      continue;
+    }
+    if (c == '"' || c == '\'') {
+      i++;
+      while (i < n && src[i] != c) i += (src[i] == '\\') ? 2 : 1;
+      i = std::min(n, i + 1);
+      push(Kind::String, start, i);
+      continue;
+    }
+    if ((c == ':' && i + 1 < n && src[i + 1] == ':') || (c == '-' && i + 1 < n && src[i + 1] == '>')) {
+      i += 2;
+      push(Kind::Punct, start, i);
+      continue;
+    }
+    i++;
+    push(Kind::Punct, start, i);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------- helpers
+const std::set<std::string>& vector_types() {
+  static const std::set<std::string> names = [] {
+    std::set<std::string> s;
+    for (const char* base : {"float", "half", "bfloat", "int", "uint", "short", "ushort", "char", "uchar", "bool",
+                             "long", "ulong"})
+      for (int n = 2; n <= 4; n++) s.insert(std::string(base) + std::to_string(n));
+    return s;
+  }();
+  return names;
+}
+
+const std::map<std::string, std::string>& position_attributes() {
+  static const std::map<std::string, std::string> m = {
+      {"threadgroup_position_in_grid", "threadgroup_position_in_grid"},
+      {"thread_position_in_threadgroup", "thread_position_in_threadgroup"},
+      {"thread_position_in_grid", "thread_position_in_grid"},
+      {"threads_per_threadgroup", "threads_per_threadgroup"},
+      {"dispatch_threads_per_threadgroup", "threads_per_threadgroup"},
+      {"threadgroups_per_grid", "threadgroups_per_grid"},
+      {"threads_per_grid", "threads_per_grid"},
+      {"thread_index_in_threadgroup", "thread_index_in_threadgroup"},
+      {"thread_index_in_simdgroup", "thread_index_in_simdgroup"},
+      {"simdgroup_index_in_threadgroup", "simdgroup_index_in_threadgroup"},
+      {"simdgroups_per_threadgroup", "simdgroups_per_threadgroup"},
+      {"dispatch_simdgroups_per_threadgroup", "simdgroups_per_threadgroup"},
+      {"threads_per_simdgroup", "threads_per_simdgroup"},
+      {"thread_execution_width", "threads_per_simdgroup"},
+      {"thread_index_in_quadgroup", "thread_index_in_quadgroup"},
+      {"quadgroup_index_in_threadgroup", "quadgroup_index_in_threadgroup"},
+      {"quadgroups_per_threadgroup", "quadgroups_per_threadgroup"},
+  };
+  return m;
+}
+
+const std::set<std::string>& dropped_qualifiers() {
+  static const std::set<std::string> s = {"device", "thread", "threadgroup", "threadgroup_imageblock",
+                                          "ray_data", "object_data", "kernel"};
+  return s;
+}
+
+struct KernelParam {
+  std::string type;  // C++ type text (address spaces removed)
+  std::string name;
+  std::string attr;  // buffer, threadgroup, a position attribute
+  std::string arg;   // the attribute's argument, e.g. "0"
+  int line = 0;
+};
+
+class Translator {
+ public:
+  Translator(const std::string& source, const std::string& function, const Constants& constants,
+             const std::string& name)
+      : t_(lex(source, name)), function_(function), constants_(constants), name_(name) {
+    for (size_t i = 0; i < t_.size(); i++)
+      if (t_[i].kind != Kind::Space && t_[i].kind != Kind::Directive) sig_.push_back(i);
+  }
+
+  Translation run() {
+    find_kernels();
+    parse_kernel_params();
+    rewrite_function_constants();
+    rewrite_threadgroup_declarations();
+    drop_attributes();
+    rewrite_qualifiers_and_conversions();
+    Translation out;
+    out.source_name = name_;
+    out.cpp = "#include \"aproto_metal.hpp\"\n";
+    for (const auto& tok : t_) out.cpp += tok.text;
+    out.cpp += entry_point();
+    return out;
+  }
+
+ private:
+  std::vector<Token> t_;
+  std::vector<size_t> sig_;  // indices of significant tokens
+  std::string function_;
+  const Constants& constants_;
+  std::string name_;
+  std::vector<KernelParam> params_;
+  std::vector<std::pair<size_t, size_t>> other_kernel_bodies_;  // sig ranges
+  std::vector<std::string> kernel_names_;
+  size_t params_open_ = 0, params_close_ = 0;  // sig positions of the target's ( )
+  uint32_t threadgroup_sites_ = 0;
+
+  const Token& s(size_t k) const { return t_[sig_[k]]; }
+  Token& sm(size_t k) { return t_[sig_[k]]; }
+  bool is(size_t k, const char* text) const { return k < sig_.size() && s(k).text == text; }
+
+  [[noreturn]] void error(size_t k, const std::string& what) const {
+    const Token& tok = s(std::min(k, sig_.size() - 1));
+    throw CompileError(tok.file + ":" + std::to_string(tok.line) + ": error: " + what);
+  }
+
+  // Matching closer of the bracket at sig position k.
+  size_t match(size_t k) const {
+    const std::string open = s(k).text;
+    const std::string close = open == "(" ? ")" : open == "[" ? "]" : open == "{" ? "}" : ">";
+    int depth = 0;
+    for (size_t j = k; j < sig_.size(); j++) {
+      if (s(j).text == open) depth++;
+      else if (s(j).text == close && --depth == 0) return j;
+    }
+    error(k, "unbalanced '" + open + "'");
+  }
+
+  // Blanks tokens [from, to] (sig positions), keeping their newlines.
+  void blank(size_t from, size_t to, const std::string& replacement) {
+    std::string newlines;
+    for (size_t i = sig_[from]; i <= sig_[to]; i++) {
+      for (char c : t_[i].text)
+        if (c == '\n') newlines += '\n';
+      t_[i].text.clear();
+    }
+    t_[sig_[from]].text = replacement + newlines;
+  }
+
+  // Is sig position k the `]]` closing an attribute list starting at `[[`? Returns the `[[` position.
+  bool attribute_before(size_t k, size_t& start) const {
+    if (!(is(k, "]") && k > 0 && is(k - 1, "]"))) return false;
+    int depth = 0;
+    for (size_t j = k + 1; j-- > 0;) {
+      if (s(j).text == "]") depth++;
+      else if (s(j).text == "[" && --depth == 0) {
+        if (!is(j + 1, "[")) return false;
+        start = j;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // kernel void NAME ( ... ) { ... }   or   [[kernel]] void NAME ( ... ) { ... }
+  void find_kernels() {
+    bool found = false;
+    for (size_t k = 0; k + 2 < sig_.size(); k++) {
+      bool kw = s(k).text == "kernel" && s(k).kind == Kind::Ident;
+      bool attr = s(k).text == "kernel" && k >= 2 && is(k - 1, "[") && is(k - 2, "[") && is(k + 1, "]");
+      if (!kw && !attr) continue;
+      size_t v = attr ? k + 3 : k + 1;
+      if (!is(v, "void") || v + 2 >= sig_.size() || s(v + 1).kind != Kind::Ident || !is(v + 2, "(")) continue;
+      size_t close = match(v + 2);
+      size_t body = close + 1;
+      while (body < sig_.size() && !is(body, "{") && !is(body, ";")) body++;
+      if (!is(body, "{")) continue;
+      kernel_names_.push_back(s(v + 1).text);
+      if (s(v + 1).text == function_) {
+        found = true;
+        params_open_ = v + 2;
+        params_close_ = close;
+      } else {
+        other_kernel_bodies_.push_back({body, match(body)});
+      }
+    }
+    if (!found) {
+      std::string names;
+      for (const auto& k : kernel_names_) names += (names.empty() ? "" : ", ") + k;
+      throw CompileError(name_ + ": error: kernel function '" + function_ + "' not found" +
+                         (names.empty() ? " (the source declares no kernel)" : " (kernels here: " + names + ")"));
+    }
+  }
+
+  std::string type_text(size_t from, size_t to) const {  // sig range [from, to)
+    std::string out;
+    for (size_t k = from; k < to; k++) {
+      const std::string& w = s(k).text;
+      if (dropped_qualifiers().count(w)) continue;
+      std::string piece = w == "constant" ? "const" : w;
+      if (piece == "const" && out.size() >= 6 && out.compare(out.size() - 6, 6, "const ") == 0) continue;
+      bool glue = piece == "*" || piece == "&" || piece == "," || piece == ">" || piece == "::" ||
+                  (!out.empty() && (out.back() == '<' || out.back() == ':'));
+      if (!out.empty() && !glue) out += " ";
+      out += piece;
+      if (piece == ",") out += " ";
+    }
+    return out;
+  }
+
+  void parse_kernel_params() {
+    size_t k = params_open_ + 1;
+    while (k < params_close_) {
+      size_t end = k;
+      int depth = 0;
+      while (end < params_close_) {
+        const std::string& w = s(end).text;
+        if (w == "(" || w == "[" || w == "<") depth++;
+        else if (w == ")" || w == "]" || w == ">") depth--;
+        else if (w == "," && depth == 0) break;
+        end++;
+      }
+      if (end == k) error(k, "empty kernel parameter");
+      KernelParam p;
+      p.line = s(k).line;
+      size_t last = end - 1, decl_end = end;
+      size_t attr_start;
+      if (attribute_before(last, attr_start)) {
+        decl_end = attr_start;
+        size_t a = attr_start + 2;
+        p.attr = s(a).text;
+        if (is(a + 1, "(")) {
+          size_t c = match(a + 1);
+          for (size_t j = a + 2; j < c; j++) p.arg += s(j).text;
+        }
+      }
+      if (decl_end == k || s(decl_end - 1).kind != Kind::Ident) error(k, "cannot read this kernel parameter");
+      p.name = s(decl_end - 1).text;
+      p.type = type_text(k, decl_end - 1);
+      if (p.attr.empty()) error(k, "kernel parameter '" + p.name + "' has no attribute ([[buffer(n)]], ...)");
+      if (p.attr != "buffer" && p.attr != "threadgroup" && !position_attributes().count(p.attr))
+        error(k, "kernel parameter '" + p.name + "': [[" + p.attr + "]] is not supported by the host backend");
+      if ((p.attr == "buffer" || p.attr == "threadgroup") &&
+          (p.type.empty() || (p.type.back() != '*' && p.type.back() != '&')))
+        error(k, "kernel parameter '" + p.name + "': a [[" + p.attr + "]] parameter must be a pointer or reference");
+      params_.push_back(p);
+      k = end + 1;
+    }
+  }
+
+  bool inside_other_kernel(size_t k) const {
+    for (auto& [a, b] : other_kernel_bodies_)
+      if (k > a && k < b) return true;
+    return false;
+  }
+
+  // constant T NAME [[function_constant(i)]];
+  void rewrite_function_constants() {
+    std::set<std::string> queried;  // names passed to is_function_constant_defined
+    for (size_t k = 0; k + 3 < sig_.size(); k++)
+      if (s(k).text == "is_function_constant_defined" && is(k + 1, "(")) queried.insert(s(k + 2).text);
+    std::set<std::string> used_keys;
+    std::vector<std::string> declared;
+    for (size_t k = 0; k + 6 < sig_.size(); k++) {
+      if (!(s(k).text == "function_constant" && k >= 3 && is(k - 1, "[") && is(k - 2, "["))) continue;
+      size_t name_pos = k - 3;
+      size_t start = name_pos;
+      while (start > 0 && s(start - 1).text != "constant") start--;
+      if (start == 0) error(k, "function constant without `constant`");
+      start--;
+      std::string type = type_text(start + 1, name_pos);
+      std::string name = s(name_pos).text;
+      if (!is(k + 1, "(")) error(k, "expected function_constant(index)");
+      size_t close = match(k + 1);
+      std::string index;
+      for (size_t j = k + 2; j < close; j++) index += s(j).text;
+      size_t semi = close + 1;
+      while (semi < sig_.size() && !is(semi, ";")) semi++;
+      declared.push_back(name + " (" + index + ")");
+      const ConstantValue* value = nullptr;
+      auto by_name = constants_.find(name);
+      auto by_index = constants_.find("#" + index);
+      if (by_name != constants_.end()) { value = &by_name->second; used_keys.insert(name); }
+      else if (by_index != constants_.end()) { value = &by_index->second; used_keys.insert("#" + index); }
+      std::string repl;
+      if (value) {
+        repl = "static constexpr " + type + " " + name + " = " + type + "(" + value->literal() + "); " +
+               "static constexpr bool " + name + "__aproto_defined = true;";
+      } else {
+        bool used_by_target = false;
+        for (size_t j = 0; j < sig_.size() && !used_by_target; j++)
+          used_by_target = j != name_pos && s(j).text == name && !inside_other_kernel(j) &&
+                           !(j >= 2 && s(j - 2).text == "is_function_constant_defined");
+        if (used_by_target && !queried.count(name))
+          error(name_pos, "function constant '" + name + "' (index " + index + ") has no value: pass constants={'" +
+                              name + "': ...} (kernel '" + function_ + "' uses it)");
+        repl = "static constexpr " + type + " " + name + " = " + type + "(); " + "static constexpr bool " + name +
+               "__aproto_defined = false;";
+      }
+      blank(start, semi, repl);
+    }
+    for (const auto& [key, value] : constants_) {
+      if (used_keys.count(key)) continue;
+      std::string list;
+      for (const auto& d : declared) list += (list.empty() ? "" : ", ") + d;
+      throw CompileError(name_ + ": error: constant '" + key + "' was given but the source declares no such " +
+                         "function constant (declared: " + (list.empty() ? "none" : list) + ")");
+    }
+    for (size_t k = 0; k + 3 < sig_.size(); k++)
+      if (s(k).text == "is_function_constant_defined" && is(k + 1, "(") && is(k + 3, ")"))
+        blank(k, k + 3, s(k + 2).text + "__aproto_defined");
+  }
+
+  // threadgroup T a[..], b[..];  at the start of a statement
+  void rewrite_threadgroup_declarations() {
+    for (size_t k = 0; k < sig_.size(); k++) {
+      if (s(k).text != "threadgroup" || s(k).kind != Kind::Ident) continue;
+      if (k > 0 && !(is(k - 1, ";") || is(k - 1, "{") || is(k - 1, "}"))) continue;
+      size_t semi = k + 1;
+      int depth = 0;
+      bool pointer = false;
+      while (semi < sig_.size()) {
+        const std::string& w = s(semi).text;
+        if (w == "(" || w == "[" || w == "<" || w == "{") depth++;
+        else if (w == ")" || w == "]" || w == ">" || w == "}") depth--;
+        else if (depth == 0 && (w == "*" || w == "&")) pointer = true;
+        else if (depth == 0 && w == ";") break;
+        semi++;
+      }
+      if (pointer) continue;  // `threadgroup float* p = ...`: only the qualifier goes (later)
+      // split into declarators at top-level commas; the first one carries the type
+      std::vector<std::pair<size_t, size_t>> decls;
+      size_t from = k + 1;
+      depth = 0;
+      for (size_t j = k + 1; j <= semi; j++) {
+        const std::string& w = s(j).text;
+        if (w == "(" || w == "[" || w == "<") depth++;
+        else if (w == ")" || w == "]" || w == ">") depth--;
+        if (j == semi || (depth == 0 && w == ",")) { decls.push_back({from, j}); from = j + 1; }
+      }
+      std::string type, out;
+      for (size_t d = 0; d < decls.size(); d++) {
+        auto [a, b] = decls[d];
+        size_t dims = a;
+        int dd = 0;
+        while (dims < b && !(dd == 0 && is(dims, "["))) {
+          if (is(dims, "<")) dd++;
+          else if (is(dims, ">")) dd--;
+          else if (is(dims, "=")) error(dims, "a threadgroup variable cannot have an initializer");
+          dims++;
+        }
+        for (size_t j = dims; j < b; j++)
+          if (is(j, "=")) error(j, "a threadgroup variable cannot have an initializer");
+        if (dims == a || s(dims - 1).kind != Kind::Ident) error(a, "cannot read this threadgroup declaration");
+        std::string name = s(dims - 1).text;
+        if (d == 0) type = type_text(a, dims - 1);
+        std::string dim_text;
+        for (size_t j = dims; j < b; j++) dim_text += s(j).text;
+        out += "auto& " + name + " = ::aproto_rt::threadgroup_variable<" + type + dim_text + ">(" +
+               std::to_string(threadgroup_sites_++) + "u, \"" + name + "\");";
+      }
+      blank(k, semi, out);
+      k = semi;
+    }
+  }
+
+  void drop_attributes() {
+    for (size_t k = 0; k + 1 < sig_.size(); k++) {
+      if (!(is(k, "[") && is(k + 1, "[") && !s(k).text.empty())) continue;
+      // `a[[`-style lambdas do not occur in MSL; `[[` always opens an attribute list here
+      size_t close = match(k + 1);
+      if (!is(close + 1, "]")) continue;
+      blank(k, close + 1, "");
+      k = close + 1;
+    }
+  }
+
+  bool operand_start(size_t k) const {
+    if (k >= sig_.size()) return false;
+    const Token& tok = s(k);
+    if (tok.kind == Kind::Ident || tok.kind == Kind::Number) return true;
+    return tok.text == "(" || tok.text == "-" || tok.text == "+" || tok.text == "!" || tok.text == "~";
+  }
+
+  void rewrite_qualifiers_and_conversions() {
+    for (size_t k = 0; k < sig_.size(); k++) {
+      Token& tok = sm(k);
+      if (tok.text.empty()) continue;
+      if (tok.kind == Kind::Ident && dropped_qualifiers().count(tok.text)) {
+        tok.text = "";
+      } else if (tok.kind == Kind::Ident && tok.text == "constant") {
+        bool beside_const = (k > 0 && s(k - 1).text == "const") || (k + 1 < sig_.size() && s(k + 1).text == "const");
+        tok.text = beside_const ? "" : "const";
+      } else if (tok.kind == Kind::Number) {
+        // 1.0h, 2h, 1e-3h -> half(...)
+        const std::string& w = tok.text;
+        char last = w.back();
+        bool hex = w.size() > 1 && w[0] == '0' && (w[1] == 'x' || w[1] == 'X');
+        if ((last == 'h' || last == 'H') && !hex) tok.text = "half(" + w.substr(0, w.size() - 1) + ")";
+      } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
+        if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
+          tok.text = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
+        } else if (k > 0 && is(k - 1, "(") && is(k + 1, ")") && operand_start(k + 2) &&
+                   !(k > 1 && (s(k - 2).kind == Kind::Ident || is(k - 2, ")") || is(k - 2, "]")))) {
+          blank(k - 1, k + 1, "::metal::vcast<" + s(k).text + ">{}->*");  // (float4)x conversion
+        } else if (k >= 2 && is(k - 1, "<") && s(k - 2).text == "static_cast" && is(k + 1, ">")) {
+          blank(k - 2, k + 1, "::metal::convert<" + s(k).text + ">");  // static_cast<float4>(x)
+        }
+      }
+    }
+  }
+
+  std::string entry_point() const {
+    std::string buffers, tg_args, args;
+    uint32_t n_buffers = 0, n_tg = 0;
+    for (const auto& p : params_) {
+      if (!args.empty()) args += ",\n      ";
+      if (p.attr == "buffer") {
+        std::string base = p.type.substr(0, p.type.size() - 1);
+        bool ref = p.type.back() == '&';
+        bool readonly = base.find("const") != std::string::npos;
+        args += ref ? "*(" + base + "*)b[" + p.arg + "]" : "(" + p.type + ")b[" + p.arg + "]";
+        buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", " +
+                   (ref ? "sizeof(" + base + ")" : std::string("0")) + ", " + (readonly ? "1" : "0") + "},\n";
+        n_buffers++;
+      } else if (p.attr == "threadgroup") {
+        args += "(" + p.type + ")::aproto_rt::threadgroup_argument(" + p.arg + ")";
+        tg_args += p.arg + "u, ";
+        n_tg++;
+      } else {
+        args += "::aproto_rt::position<" + p.type + ">(pos." + position_attributes().at(p.attr) + ")";
+      }
+    }
+    std::string out = "\n// ---- generated by attention_proto's host backend\nnamespace {\n";
+    if (n_buffers) out += "const aproto_buffer_desc aproto_buffers_[] = {\n" + buffers + "};\n";
+    if (n_tg) out += "const uint32_t aproto_threadgroup_args_[] = {" + tg_args + "};\n";
+    out += "void aproto_run_thread_(void* const* b) {\n  (void)b;\n  const aproto_thread_pos& pos = ::aproto_rt::pos();\n"
+           "  (void)pos;\n  " + function_ + "(" + args + ");\n}\n";
+    out += "void aproto_bind_(const aproto_runtime* rt) { ::aproto_rt::g_rt = rt; }\n}  // namespace\n";
+    out += "extern \"C\" __attribute__((visibility(\"default\"))) const aproto_kernel_desc aproto_kernel = {\n"
+           "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(n_buffers) + "u, " +
+           (n_buffers ? "aproto_buffers_" : "nullptr") + ", " + std::to_string(n_tg) + "u, " +
+           (n_tg ? "aproto_threadgroup_args_" : "nullptr") + ", aproto_bind_, aproto_run_thread_};\n";
+    return out;
+  }
+};
+
+}  // namespace
+
+Translation translate(const std::string& source, const std::string& function, const Constants& constants,
+                      const std::string& source_name) {
+  return Translator(source, function, constants, source_name).run();
+}
+
+}  // namespace aproto::host
