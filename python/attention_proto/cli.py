@@ -1,0 +1,418 @@
+"""The ``attention-proto`` command: device info, benches, findings and the Markdown report."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from attention_proto import bench, kb
+
+_HOST_NOTE = "host backend numbers are CPU timings of the MSL kernels, not Apple-GPU results"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``attention-proto: error: <message>``, exit status 1."""
+
+
+# --------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Prints the usable backends and each one's device limits and roofline peaks."""
+    import attention_proto as ap
+
+    missing = "the compiled extension is not available ({}); install the package with `pip install .`"
+    if not (hasattr(ap, "backends") and hasattr(ap, "device_info")):
+        raise CliError(missing.format("attention_proto has no backends()/device_info()"))
+    try:
+        names = list(ap.backends())
+        if args.backend and args.backend not in names:
+            raise CliError(f"backend {args.backend!r} is not available here "
+                           f"(available: {', '.join(names) or 'none'})")
+        names = [args.backend] if args.backend else names
+        devices = {name: dict(ap.device_info(name)) for name in names}
+    except ImportError as exc:
+        raise CliError(missing.format(exc)) from None
+    if args.json:
+        print(json.dumps({"backends": names, "devices": devices}, indent=2))
+        return 0
+    print(f"backends (best first): {', '.join(names) or 'none'}")
+    for name, info in devices.items():
+        peaks = bench.device_peaks(info)
+        print(f"\n[{name}] {kb.device_label(info)}")
+        for key, value in info.items():
+            if key == "extra":
+                for extra_key, extra_value in (value or {}).items():
+                    print(f"  {extra_key + ':':30} {extra_value}")
+            else:
+                print(f"  {key + ':':30} {value}")
+        if peaks.fp32_tflops or peaks.bandwidth_gbps:
+            print(f"  {'roofline:':30} FP32 {bench.format_cell(peaks.fp32_tflops)} TFLOP/s, "
+                  f"FP16 {bench.format_cell(peaks.fp16_tflops)} TFLOP/s, "
+                  f"{bench.format_cell(peaks.bandwidth_gbps)} GB/s ({peaks.source})")
+        else:
+            print(f"  {'roofline:':30} {peaks.source}")
+        if info.get("backend") != "metal":
+            print(f"  {'note:':30} {_HOST_NOTE}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# bench
+
+
+def available_protos() -> list[str]:
+    """Names of the bench modules in ``attention_proto.benches`` (one per prototype), sorted."""
+    from attention_proto import benches
+
+    return sorted(m.name for m in pkgutil.iter_modules(benches.__path__) if not m.name.startswith("_"))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs ``attention_proto.benches.<proto>.main(argv)`` with the common options forwarded."""
+    protos = available_protos()
+    listing = ", ".join(protos) if protos else "none yet"
+    if args.proto is None:
+        print(f"available prototypes: {listing}")
+        return 0
+    if args.proto not in protos:
+        raise CliError(f"unknown prototype {args.proto!r} (available: {listing})")
+    module = importlib.import_module(f"attention_proto.benches.{args.proto}")
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise CliError(f"attention_proto.benches.{args.proto} has no main(argv) function")
+    argv = [flag for flag, on in (("--sweep", args.sweep), ("--quick", args.quick)) if on]
+    for option in ("backend", "findings", "out"):
+        if getattr(args, option) is not None:
+            argv += [f"--{option}", str(getattr(args, option))]
+    return int(main(argv + args.passthrough) or 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# findings
+
+
+def _findings_path(args: argparse.Namespace) -> Path:
+    return args.findings if args.findings is not None else kb.default_path()
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, list[kb.Finding]]:
+    path = _findings_path(args)
+    if not path.exists():
+        raise CliError(f"no findings file at {path} (run a bench, or pass --findings PATH)")
+    return path, kb.load(path)
+
+
+def _value(finding: kb.Finding) -> str:
+    return f"{bench.format_cell(finding.value)} {finding.unit}".strip()
+
+
+def cmd_findings_list(args: argparse.Namespace) -> int:
+    """Prints the findings matching the filters as an aligned table."""
+    path, findings = _load(args)
+    chosen = kb.select(findings, proto=args.proto, kind=args.kind, backend=args.backend,
+                       device_name=args.device)
+    rows = [{"id": f.id, "kind": f.kind, "value": _value(f), "backend": f.device["backend"],
+             "device": f.device["name"]} for f in chosen]
+    print(f"{len(chosen)} of {len(findings)} findings in {path}")
+    if rows:
+        bench.Table(rows).print()
+    if any(kb.is_cpu_result(f) for f in chosen):
+        print(f"note: {_HOST_NOTE}")
+    return 0
+
+
+def cmd_findings_show(args: argparse.Namespace) -> int:
+    """Prints one finding as JSON with its "measured on" line."""
+    path, findings = _load(args)
+    for finding in findings:
+        if finding.id == args.id:
+            print(json.dumps(finding.to_dict(), indent=2, ensure_ascii=False))
+            print(f"measured on: {kb.measured_on(finding)}")
+            return 0
+    near = [f.id for f in findings if args.id.lower() in f.id.lower()][:10]
+    hint = f"; ids containing it: {', '.join(near)}" if near else ""
+    raise CliError(f"no finding with id {args.id!r} in {path}{hint}")
+
+
+def cmd_findings_validate(args: argparse.Namespace) -> int:
+    """Checks every line of the findings file; exit status 1 on the first bad line."""
+    path = _findings_path(args)
+    if not path.exists():
+        raise CliError(f"no findings file at {path}")
+    try:
+        findings = kb.load(path)
+    except kb.FindingError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(findings)} valid findings in {path}")
+    return 0
+
+
+def _summary_lines(findings: Sequence[kb.Finding]) -> list[str]:
+    lines = []
+    for proto, kinds in kb.group(findings).items():
+        lines.append(f"  {proto}")
+        for kind, items in kinds.items():
+            lines.append(f"    {kind} ({len(items)})")
+            for f in items:
+                mark = "[CPU result, not Apple GPU] " if kb.is_cpu_result(f) else ""
+                lines.append(f"      - {mark}{f.claim} [{_value(f)}] · {kb.device_label(f.device)}")
+    return lines
+
+
+def cmd_findings_summary(args: argparse.Namespace) -> int:
+    """Prints findings grouped by prototype and kind, Apple-GPU results apart from everything else."""
+    path, findings = _load(args)
+    apple, other = kb.split_apple_gpu(findings)
+    print(f"{len(findings)} findings in {path}\n")
+    print("== Apple GPU results (metal backend) ==")
+    print("\n".join(_summary_lines(apple)) or "  none yet: no finding was measured on an Apple GPU")
+    print("\n== Other backends (not Apple GPU; performance numbers here are CPU results) ==")
+    print("\n".join(_summary_lines(other)) or "  none")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _evidence_text(evidence: dict[str, Any]) -> str:
+    parts = []
+    if "median" in evidence:
+        stats = f"median {bench.format_cell(evidence['median'])}"
+        if "p20" in evidence and "p80" in evidence:
+            stats += f" (p20 {bench.format_cell(evidence['p20'])}, p80 {bench.format_cell(evidence['p80'])})"
+        if evidence.get("timer"):  # timing statistics (TimingStats.evidence) are in seconds
+            stats += f" s, {evidence['timer']} timer"
+        count = evidence.get("count", len(evidence.get("samples", [])))
+        parts.append(stats + (f", n={count}" if count else ""))
+    for key in ("test", "table"):
+        if key in evidence:
+            parts.append(f"{key}: `{evidence[key]}`")
+    return "; ".join(parts) or json.dumps(evidence)
+
+
+def _finding_markdown(finding: kb.Finding) -> list[str]:
+    config = ", ".join(f"{k}={bench.format_cell(v)}" for k, v in finding.config.items())
+    lines = [f"#### {finding.claim}", ""]
+    if kb.is_cpu_result(finding):
+        lines += ["> **CPU result** (not an Apple-GPU number): measured on the "
+                  f"{finding.device['backend']} backend.", ""]
+    lines += [
+        f"- **{finding.metric}**: {_value(finding)} ({finding.kind})",
+        f"- **measured on**: {kb.measured_on(finding)}",
+        f"- config: {config or '-'}",
+        f"- evidence: {_evidence_text(finding.evidence)}",
+        f"- id: `{finding.id}`",
+        "",
+    ]
+    return lines
+
+
+def _tables_markdown(directory: Path) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            table = bench.Table.from_json(path)
+        except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            lines += [f"- skipped `{path.name}`: {exc}", ""]
+            continue
+        lines += [f"#### {_md_escape(table.title or path.stem)}", "",
+                  f"measured on: {table.measured_on() or 'unknown (the table names no device)'} "
+                  f"· source `{path.name}`", "", table.to_markdown(), ""]
+    return lines
+
+
+def render_report(findings: Sequence[kb.Finding], findings_path: Path, out_path: Path) -> str:
+    """The Markdown report: an overview, then per prototype its findings (each with a "measured on"
+    line), the JSON tables and the PNG plots found in ``<findings dir>/<proto>/``."""
+    base = findings_path.parent
+    grouped = kb.group(findings)
+    protos = sorted(set(grouped) | {d.name for d in base.iterdir() if d.is_dir()
+                                    and (any(d.glob("*.json")) or any(d.glob("*.png")))})
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# attention-proto findings", "",
+        f"{len(findings)} findings from `{findings_path}`, generated {stamp} "
+        f"by attention-proto {kb.package_version()}.", "",
+        f"> Every finding says where it was measured. {_HOST_NOTE[0].upper() + _HOST_NOTE[1:]}; "
+        "only findings from the metal backend are Apple-GPU results.", "",
+        "| prototype | findings | Apple GPU (metal) | CPU results | other |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for proto in protos:
+        items = [f for kinds in grouped.get(proto, {}).values() for f in kinds]
+        apple = sum(kb.is_apple_gpu(f) for f in items)
+        cpu = sum(kb.is_cpu_result(f) for f in items)
+        lines.append(f"| [{proto}](#{proto}) | {len(items)} | {apple} | {cpu} | {len(items) - apple - cpu} |")
+    lines.append("")
+    for proto in protos:
+        lines += [f"## {proto}", ""]
+        for kind, items in grouped.get(proto, {}).items():
+            lines += [f"### {kind}", ""]
+            for finding in items:
+                lines += _finding_markdown(finding)
+        directory = base / proto
+        if directory.is_dir():
+            tables = _tables_markdown(directory)
+            if tables:
+                lines += ["### tables", ""] + tables
+            plots = sorted(directory.glob("*.png"))
+            if plots:
+                lines += ["### plots", ""]
+                for png in plots:
+                    link = Path(os.path.relpath(png, out_path.parent)).as_posix()
+                    lines += [f"![{png.stem}]({link})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Writes the Markdown report of all findings, tables and plots."""
+    path, findings = _load(args)
+    out = args.out if args.out is not None else path.parent / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(findings, path, out), encoding="utf-8")
+    print(f"wrote {out} ({len(findings)} findings)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# parser
+
+
+def _wrap(text: str) -> str:
+    """Wraps help prose to the terminal-friendly width (epilogs stay as written)."""
+    return "\n".join(textwrap.fill(par, 88) for par in text.split("\n"))
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``attention-proto`` with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="attention-proto", formatter_class=_formatter,
+        description=_wrap("Attention-kernel prototypes for Apple-Silicon GPUs: device info, benches, "
+                          "knowledge-base findings and reports.\nNote: " + _HOST_NOTE + "."),
+        epilog="examples:\n  attention-proto info\n  attention-proto bench flash_attention --quick\n"
+               "  attention-proto findings summary\n  attention-proto report --out report.md",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    findings_opt = argparse.ArgumentParser(add_help=False)
+    findings_opt.add_argument("--findings", type=Path, metavar="PATH",
+                              help=f"findings file (default: ${kb.ENV_PATH} or findings/findings.jsonl)")
+
+    info = sub.add_parser(
+        "info", formatter_class=_formatter, help="show backends, device limits and roofline peaks",
+        description=_wrap("Show the backends usable on this machine (best first), each one's device limits "
+                          "(threadgroup memory, SIMD width, ...) and the roofline peaks used for "
+                          "percent-of-peak. The host backend is the CPU: it has no Apple-GPU peak."),
+        epilog="examples:\n  attention-proto info\n  attention-proto info --backend host --json")
+    info.add_argument("--backend", metavar="NAME", help="only this backend (e.g. host, metal)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=cmd_info)
+
+    run = sub.add_parser(
+        "bench", parents=[findings_opt], formatter_class=_formatter, help="run one prototype's bench",
+        description=_wrap("Run a prototype's bench: attention_proto.benches.<PROTO>.main(argv). It prints "
+                          "tables, saves tables and plots under --out and emits findings. Without PROTO, "
+                          "list the available prototypes. Arguments after -- go to the bench unchanged."),
+        epilog="examples:\n  attention-proto bench                      # list prototypes\n"
+               "  attention-proto bench flash_attention --quick\n"
+               "  attention-proto bench paged_attention --sweep --backend host --out results/\n"
+               "  attention-proto bench flash_attention -- --help   # the bench's own options")
+    run.add_argument("proto", nargs="?", metavar="PROTO", help="prototype name, e.g. flash_attention")
+    run.add_argument("--sweep", action="store_true", help="run the full parameter sweep")
+    run.add_argument("--quick", action="store_true", help="run a small, fast subset")
+    run.add_argument("--backend", metavar="NAME", help="backend to run on (default: the best available)")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="directory for tables and plots (default: <findings dir>/<PROTO>)")
+    run.set_defaults(handler=cmd_bench)
+
+    fnd = sub.add_parser(
+        "findings", formatter_class=_formatter, help="list, show, validate or summarise findings",
+        description=_wrap("Work with the knowledge-base findings file (JSON lines, one finding a line)."),
+        epilog="examples:\n  attention-proto findings list --proto flash_attention --kind performance\n"
+               "  attention-proto findings show flash_attention/tflops/host/D=64\n"
+               "  attention-proto findings validate --findings findings/findings.jsonl\n"
+               "  attention-proto findings summary")
+    fsub = fnd.add_subparsers(dest="action", metavar="ACTION", required=True)
+    flist = fsub.add_parser(
+        "list", parents=[findings_opt], formatter_class=_formatter, help="list findings (filterable)",
+        description=_wrap("List findings as a table: id, kind, value, backend and device."),
+        epilog="example:\n  attention-proto findings list --backend metal --device 'M4 Pro'")
+    flist.add_argument("--proto", help="only this prototype")
+    flist.add_argument("--kind", choices=kb.KINDS, help="only this kind")
+    flist.add_argument("--backend", help="only this backend (host, metal)")
+    flist.add_argument("--device", metavar="NAME", help="only devices whose name contains NAME")
+    flist.set_defaults(handler=cmd_findings_list)
+    show = fsub.add_parser(
+        "show", parents=[findings_opt], formatter_class=_formatter, help="show one finding",
+        description=_wrap("Show one finding as JSON, with the device it was measured on."),
+        epilog="example:\n  attention-proto findings show flash_attention/tflops/host/D=64")
+    show.add_argument("id", metavar="ID", help="the finding's id (see `findings list`)")
+    show.set_defaults(handler=cmd_findings_show)
+    check = fsub.add_parser(
+        "validate", parents=[findings_opt], formatter_class=_formatter, help="check the file's schema",
+        description=_wrap("Check every line of the findings file against the schema; report the first bad "
+                          "line with its line number and reason. Exit status 1 when invalid."),
+        epilog="example:\n  attention-proto findings validate --findings findings/findings.jsonl")
+    check.set_defaults(handler=cmd_findings_validate)
+    summary = fsub.add_parser(
+        "summary", parents=[findings_opt], formatter_class=_formatter,
+        help="findings grouped by prototype and kind",
+        description=_wrap("Summarise findings by prototype and kind. Apple-GPU (metal backend) results come "
+                          "first; performance findings from other backends are labelled CPU results and "
+                          "never appear under the Apple GPU heading."),
+        epilog="example:\n  attention-proto findings summary")
+    summary.set_defaults(handler=cmd_findings_summary)
+
+    rep = sub.add_parser(
+        "report", parents=[findings_opt], formatter_class=_formatter, help="write a Markdown report",
+        description=_wrap("Write one Markdown file of all findings grouped by prototype, each with a "
+                          "'measured on' line, plus the tables (<findings dir>/<proto>/*.json, rendered as "
+                          "Markdown) and plots (<findings dir>/<proto>/*.png, linked) saved by the benches."),
+        epilog="examples:\n  attention-proto report\n  attention-proto report --out report.md")
+    rep.add_argument("--out", type=Path, metavar="FILE",
+                     help="Markdown file to write (default: <findings dir>/report.md)")
+    rep.set_defaults(handler=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attention-proto`` command; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in args_list:
+        cut = args_list.index("--")
+        args_list, passthrough = args_list[:cut], args_list[cut + 1:]
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if passthrough and args.command != "bench":
+        parser.error(f"arguments after -- are only for `bench`: {' '.join(passthrough)}")
+    args.passthrough = passthrough
+    try:
+        return args.handler(args)
+    except (CliError, kb.FindingError) as exc:
+        print(f"attention-proto: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
