@@ -147,11 +147,8 @@ def cmd_findings_show(args: argparse.Namespace) -> int:
 
 def cmd_findings_validate(args: argparse.Namespace) -> int:
     """Checks every line of the findings file; exit status 1 on the first bad line."""
-    path = _findings_path(args)
-    if not path.exists():
-        raise CliError(f"no findings file at {path}")
     try:
-        findings = kb.load(path)
+        path, findings = _load(args)
     except kb.FindingError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
@@ -304,94 +301,100 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  attention-proto {line}" for line in lines)
+
+
+def _command(
+    sub: Any, name: str, summary: str, description: str, examples: Sequence[str],
+    handler: Any = None, parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """Adds one subcommand with its one-line summary, wrapped description and examples."""
+    parser = sub.add_parser(name, parents=list(parents), formatter_class=_formatter, help=summary,
+                            description=_wrap(description), epilog=_examples(*examples))
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``attention-proto`` with all subcommands."""
     parser = argparse.ArgumentParser(
         prog="attention-proto", formatter_class=_formatter,
         description=_wrap("Attention-kernel prototypes for Apple-Silicon GPUs: device info, benches, "
                           "knowledge-base findings and reports.\nNote: " + _HOST_NOTE + "."),
-        epilog="examples:\n  attention-proto info\n  attention-proto bench flash_attention --quick\n"
-               "  attention-proto findings summary\n  attention-proto report --out report.md",
+        epilog=_examples("info", "bench flash_attention --quick", "findings summary",
+                         "report --out report.md"),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     findings_opt = argparse.ArgumentParser(add_help=False)
     findings_opt.add_argument("--findings", type=Path, metavar="PATH",
                               help=f"findings file (default: ${kb.ENV_PATH} or findings/findings.jsonl)")
 
-    info = sub.add_parser(
-        "info", formatter_class=_formatter, help="show backends, device limits and roofline peaks",
-        description=_wrap("Show the backends usable on this machine (best first), each one's device limits "
-                          "(threadgroup memory, SIMD width, ...) and the roofline peaks used for "
-                          "percent-of-peak. The host backend is the CPU: it has no Apple-GPU peak."),
-        epilog="examples:\n  attention-proto info\n  attention-proto info --backend host --json")
+    info = _command(
+        sub, "info", "show backends, device limits and roofline peaks",
+        "Show the backends usable on this machine (best first), each one's device limits (threadgroup "
+        "memory, SIMD width, ...) and the roofline peaks used for percent-of-peak. The host backend is "
+        "the CPU: it has no Apple-GPU peak.",
+        ["info", "info --backend host --json"], cmd_info)
     info.add_argument("--backend", metavar="NAME", help="only this backend (e.g. host, metal)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(handler=cmd_info)
 
-    run = sub.add_parser(
-        "bench", parents=[findings_opt], formatter_class=_formatter, help="run one prototype's bench",
-        description=_wrap("Run a prototype's bench: attention_proto.benches.<PROTO>.main(argv). It prints "
-                          "tables, saves tables and plots under --out and emits findings. Without PROTO, "
-                          "list the available prototypes. Arguments after -- go to the bench unchanged."),
-        epilog="examples:\n  attention-proto bench                      # list prototypes\n"
-               "  attention-proto bench flash_attention --quick\n"
-               "  attention-proto bench paged_attention --sweep --backend host --out results/\n"
-               "  attention-proto bench flash_attention -- --help   # the bench's own options")
+    run = _command(
+        sub, "bench", "run one prototype's bench",
+        "Run a prototype's bench: attention_proto.benches.<PROTO>.main(argv). It prints tables, saves "
+        "tables and plots under --out and emits findings. Without PROTO, list the available "
+        "prototypes. Arguments after -- go to the bench unchanged.",
+        ["bench                      # list prototypes", "bench flash_attention --quick",
+         "bench paged_attention --sweep --backend host --out results/",
+         "bench flash_attention -- --help   # the bench's own options"],
+        cmd_bench, [findings_opt])
     run.add_argument("proto", nargs="?", metavar="PROTO", help="prototype name, e.g. flash_attention")
     run.add_argument("--sweep", action="store_true", help="run the full parameter sweep")
     run.add_argument("--quick", action="store_true", help="run a small, fast subset")
     run.add_argument("--backend", metavar="NAME", help="backend to run on (default: the best available)")
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="directory for tables and plots (default: <findings dir>/<PROTO>)")
-    run.set_defaults(handler=cmd_bench)
 
-    fnd = sub.add_parser(
-        "findings", formatter_class=_formatter, help="list, show, validate or summarise findings",
-        description=_wrap("Work with the knowledge-base findings file (JSON lines, one finding a line)."),
-        epilog="examples:\n  attention-proto findings list --proto flash_attention --kind performance\n"
-               "  attention-proto findings show flash_attention/tflops/host/D=64\n"
-               "  attention-proto findings validate --findings findings/findings.jsonl\n"
-               "  attention-proto findings summary")
+    fnd = _command(
+        sub, "findings", "list, show, validate or summarise findings",
+        "Work with the knowledge-base findings file (JSON lines, one finding a line).",
+        ["findings list --proto flash_attention --kind performance",
+         "findings show flash_attention/tflops/host/D=64",
+         "findings validate --findings findings/findings.jsonl", "findings summary"])
     fsub = fnd.add_subparsers(dest="action", metavar="ACTION", required=True)
-    flist = fsub.add_parser(
-        "list", parents=[findings_opt], formatter_class=_formatter, help="list findings (filterable)",
-        description=_wrap("List findings as a table: id, kind, value, backend and device."),
-        epilog="example:\n  attention-proto findings list --backend metal --device 'M4 Pro'")
+    flist = _command(
+        fsub, "list", "list findings (filterable)",
+        "List findings as a table: id, kind, value, backend and device.",
+        ["findings list --backend metal --device 'M4 Pro'"], cmd_findings_list, [findings_opt])
     flist.add_argument("--proto", help="only this prototype")
     flist.add_argument("--kind", choices=kb.KINDS, help="only this kind")
     flist.add_argument("--backend", help="only this backend (host, metal)")
     flist.add_argument("--device", metavar="NAME", help="only devices whose name contains NAME")
-    flist.set_defaults(handler=cmd_findings_list)
-    show = fsub.add_parser(
-        "show", parents=[findings_opt], formatter_class=_formatter, help="show one finding",
-        description=_wrap("Show one finding as JSON, with the device it was measured on."),
-        epilog="example:\n  attention-proto findings show flash_attention/tflops/host/D=64")
+    show = _command(
+        fsub, "show", "show one finding", "Show one finding as JSON, with the device it was measured on.",
+        ["findings show flash_attention/tflops/host/D=64"], cmd_findings_show, [findings_opt])
     show.add_argument("id", metavar="ID", help="the finding's id (see `findings list`)")
-    show.set_defaults(handler=cmd_findings_show)
-    check = fsub.add_parser(
-        "validate", parents=[findings_opt], formatter_class=_formatter, help="check the file's schema",
-        description=_wrap("Check every line of the findings file against the schema; report the first bad "
-                          "line with its line number and reason. Exit status 1 when invalid."),
-        epilog="example:\n  attention-proto findings validate --findings findings/findings.jsonl")
-    check.set_defaults(handler=cmd_findings_validate)
-    summary = fsub.add_parser(
-        "summary", parents=[findings_opt], formatter_class=_formatter,
-        help="findings grouped by prototype and kind",
-        description=_wrap("Summarise findings by prototype and kind. Apple-GPU (metal backend) results come "
-                          "first; performance findings from other backends are labelled CPU results and "
-                          "never appear under the Apple GPU heading."),
-        epilog="example:\n  attention-proto findings summary")
-    summary.set_defaults(handler=cmd_findings_summary)
+    _command(
+        fsub, "validate", "check the file's schema",
+        "Check every line of the findings file against the schema; report the first bad line with its "
+        "line number and reason. Exit status 1 when invalid.",
+        ["findings validate --findings findings/findings.jsonl"], cmd_findings_validate, [findings_opt])
+    _command(
+        fsub, "summary", "findings grouped by prototype and kind",
+        "Summarise findings by prototype and kind. Apple-GPU (metal backend) results come first; "
+        "performance findings from other backends are labelled CPU results and never appear under the "
+        "Apple GPU heading.",
+        ["findings summary"], cmd_findings_summary, [findings_opt])
 
-    rep = sub.add_parser(
-        "report", parents=[findings_opt], formatter_class=_formatter, help="write a Markdown report",
-        description=_wrap("Write one Markdown file of all findings grouped by prototype, each with a "
-                          "'measured on' line, plus the tables (<findings dir>/<proto>/*.json, rendered as "
-                          "Markdown) and plots (<findings dir>/<proto>/*.png, linked) saved by the benches."),
-        epilog="examples:\n  attention-proto report\n  attention-proto report --out report.md")
+    rep = _command(
+        sub, "report", "write a Markdown report",
+        "Write one Markdown file of all findings grouped by prototype, each with a 'measured on' line, "
+        "plus the tables (<findings dir>/<proto>/*.json, rendered as Markdown) and plots "
+        "(<findings dir>/<proto>/*.png, linked) saved by the benches.",
+        ["report", "report --out report.md"], cmd_report, [findings_opt])
     rep.add_argument("--out", type=Path, metavar="FILE",
                      help="Markdown file to write (default: <findings dir>/report.md)")
-    rep.set_defaults(handler=cmd_report)
     return parser
 
 
