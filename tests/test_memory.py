@@ -1,0 +1,83 @@
+"""attention_proto.memory: page-aligned arrays the Metal backend wraps without copying."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from attention_proto import memory
+
+DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16, np.int32, np.uint8]
+SHAPES = [(), (1,), (7,), (33, 100), (2, 3, 777, 7), (0, 5)]
+
+
+def _owned_bytes_after(array: np.ndarray) -> int:
+    """Bytes of the underlying allocation from the array's first byte to its end."""
+    base = array
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return base.ctypes.data + base.nbytes - array.ctypes.data
+
+
+@pytest.mark.parametrize("make", [memory.empty, memory.zeros])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pointer_aligned_and_padding_owned(make, shape, dtype):
+    a = make(shape, dtype)
+    assert a.shape == shape
+    assert a.dtype == np.dtype(dtype)
+    assert a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % memory.PAGE_SIZE == 0
+    assert memory.is_page_aligned(a)
+    # The whole pages the backend wraps belong to this array's own allocation.
+    padded = max(memory.PAGE_SIZE, -(-a.nbytes // memory.PAGE_SIZE) * memory.PAGE_SIZE)
+    assert _owned_bytes_after(a) >= padded
+
+
+def test_int_shape_and_default_dtype():
+    a = memory.empty(5000)
+    assert a.shape == (5000,) and a.dtype == np.float32
+    assert memory.empty(np.int64(3)).shape == (3,)
+
+
+def test_bad_shapes_rejected():
+    with pytest.raises(ValueError, match="negative"):
+        memory.empty((3, -1))
+    with pytest.raises(TypeError):
+        memory.empty((2.5, 3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zeros_are_zeros(dtype):
+    a = memory.zeros((3, 5, 129), dtype)
+    assert not np.any(a.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 4, 100, 64)])
+def test_aligned_copies_values(shape, dtype):
+    rng = np.random.default_rng(7)
+    src = rng.standard_normal(shape).astype(dtype)
+    out = memory.aligned(src)
+    assert memory.is_page_aligned(out)
+    assert out.dtype == src.dtype and out.shape == src.shape
+    assert np.array_equal(out.view(np.uint8), np.ascontiguousarray(src).view(np.uint8))  # bit-exact
+
+
+def test_aligned_makes_strided_input_contiguous():
+    src = np.arange(6 * 40, dtype=np.float32).reshape(6, 40)[:, ::3]
+    assert not src.flags.c_contiguous
+    out = memory.aligned(src)
+    assert memory.is_page_aligned(out)
+    np.testing.assert_array_equal(out, src)
+
+
+def test_aligned_returns_aligned_input_itself():
+    a = memory.empty((10, 10))
+    assert memory.aligned(a) is a
+
+
+def test_is_page_aligned_rejects_offset_and_strided_views():
+    a = memory.zeros(10000, np.float32)
+    assert not memory.is_page_aligned(a[1:])
+    assert not memory.is_page_aligned(a.reshape(100, 100)[:, ::2])
