@@ -350,24 +350,24 @@ bool settle_simd(Worker& w, SimdGroup& sg) {
     if (w.fibers[sg.first + l].state == State::AtSimd) { leader = (int)l; break; }
   if (leader < 0) return false;
   uint32_t site = w.fibers[sg.first + leader].site;
-  uint32_t mask = 0, live = 0;
+  uint32_t mask = 0;
   bool all_lanes = false;
   for (uint32_t l = 0; l < sg.count; l++) {
     const Fiber& f = w.fibers[sg.first + l];
-    if (f.state != State::Done) live |= 1u << l;
     if (f.state == State::AtSimd && f.site == site) {
       mask |= 1u << l;
       all_lanes |= (f.flags & APROTO_SIMD_ALL_LANES) != 0;
     }
   }
   const Fiber& lead = w.fibers[sg.first + leader];
-  if (all_lanes && mask != live) {
+  const uint32_t every_lane = sg.count == 32 ? 0xffffffffu : (1u << sg.count) - 1;
+  if (all_lanes && mask != every_lane) {  // a lane that returned cannot take part either
     std::vector<uint32_t> in, out;
     std::string elsewhere;
     for (uint32_t l = 0; l < sg.count; l++) {
       const Fiber& f = w.fibers[sg.first + l];
       if (mask >> l & 1) in.push_back(l);
-      else if (live >> l & 1) {
+      else if (f.state != State::Done) {
         out.push_back(l);
         if (elsewhere.empty()) elsewhere = std::string("; e.g. lane ") + std::to_string(l) + " waits in " + f.what + " at " + site_text(w, f.site);
       } else {

@@ -16,9 +16,11 @@ enum class Kind { Space, Ident, Number, String, Punct, Directive };
 
 struct Token {
   Kind kind;
-  std::string text;
+  std::string text;  // as written; every structural check reads this
   std::string file;  // logical position (after #line), for messages
   int line;
+  std::string out;        // what the translation emits for this token
+  bool consumed = false;  // part of a span a rewrite already replaced
 };
 
 std::vector<Token> lex(const std::string& src, const std::string& default_file) {
@@ -114,6 +116,7 @@ std::vector<Token> lex(const std::string& src, const std::string& default_file) 
     i++;
     push(Kind::Punct, start, i);
   }
+  for (Token& t : out) t.out = t.text;
   return out;
 }
 
@@ -185,7 +188,7 @@ class Translator {
     Translation out;
     out.source_name = name_;
     out.cpp = "#include \"aproto_metal.hpp\"\n";
-    for (const auto& tok : t_) out.cpp += tok.text;
+    for (const auto& tok : t_) out.cpp += tok.out;
     out.cpp += entry_point();
     return out;
   }
@@ -223,15 +226,23 @@ class Translator {
     error(k, "unbalanced '" + open + "'");
   }
 
-  // Blanks tokens [from, to] (sig positions), keeping their newlines.
+  // Replaces the output of tokens [from, to] (sig positions), keeping their newlines. The tokens keep
+  // their original text for later structural checks but are marked consumed, so no later rewrite
+  // touches them again.
   void blank(size_t from, size_t to, const std::string& replacement) {
     std::string newlines;
     for (size_t i = sig_[from]; i <= sig_[to]; i++) {
-      for (char c : t_[i].text)
+      for (char c : t_[i].out)
         if (c == '\n') newlines += '\n';
-      t_[i].text.clear();
+      t_[i].out.clear();
+      t_[i].consumed = true;
     }
-    t_[sig_[from]].text = replacement + newlines;
+    t_[sig_[from]].out = replacement + newlines;
+  }
+  bool consumed(size_t from, size_t to) const {
+    for (size_t k = from; k <= to; k++)
+      if (s(k).consumed) return true;
+    return false;
   }
 
   // Is sig position k the `]]` closing an attribute list starting at `[[`? Returns the `[[` position.
@@ -394,14 +405,14 @@ class Translator {
                          "function constant (declared: " + (list.empty() ? "none" : list) + ")");
     }
     for (size_t k = 0; k + 3 < sig_.size(); k++)
-      if (s(k).text == "is_function_constant_defined" && is(k + 1, "(") && is(k + 3, ")"))
+      if (s(k).text == "is_function_constant_defined" && is(k + 1, "(") && is(k + 3, ")") && !consumed(k, k + 3))
         blank(k, k + 3, s(k + 2).text + "__aproto_defined");
   }
 
   // threadgroup T a[..], b[..];  at the start of a statement
   void rewrite_threadgroup_declarations() {
     for (size_t k = 0; k < sig_.size(); k++) {
-      if (s(k).text != "threadgroup" || s(k).kind != Kind::Ident) continue;
+      if (s(k).text != "threadgroup" || s(k).kind != Kind::Ident || s(k).consumed) continue;
       if (k > 0 && !(is(k - 1, ";") || is(k - 1, "{") || is(k - 1, "}"))) continue;
       size_t semi = k + 1;
       int depth = 0;
@@ -453,7 +464,7 @@ class Translator {
 
   void drop_attributes() {
     for (size_t k = 0; k + 1 < sig_.size(); k++) {
-      if (!(is(k, "[") && is(k + 1, "[") && !s(k).text.empty())) continue;
+      if (!(is(k, "[") && is(k + 1, "[")) || s(k).consumed) continue;
       // `a[[`-style lambdas do not occur in MSL; `[[` always opens an attribute list here
       size_t close = match(k + 1);
       if (!is(close + 1, "]")) continue;
@@ -472,25 +483,26 @@ class Translator {
   void rewrite_qualifiers_and_conversions() {
     for (size_t k = 0; k < sig_.size(); k++) {
       Token& tok = sm(k);
-      if (tok.text.empty()) continue;
+      if (tok.consumed) continue;
       if (tok.kind == Kind::Ident && dropped_qualifiers().count(tok.text)) {
-        tok.text = "";
+        tok.out = "";
       } else if (tok.kind == Kind::Ident && tok.text == "constant") {
         bool beside_const = (k > 0 && s(k - 1).text == "const") || (k + 1 < sig_.size() && s(k + 1).text == "const");
-        tok.text = beside_const ? "" : "const";
+        tok.out = beside_const ? "" : "const";
       } else if (tok.kind == Kind::Number) {
         // 1.0h, 2h, 1e-3h -> half(...)
         const std::string& w = tok.text;
         char last = w.back();
         bool hex = w.size() > 1 && w[0] == '0' && (w[1] == 'x' || w[1] == 'X');
-        if ((last == 'h' || last == 'H') && !hex) tok.text = "half(" + w.substr(0, w.size() - 1) + ")";
+        if ((last == 'h' || last == 'H') && !hex) tok.out = "half(" + w.substr(0, w.size() - 1) + ")";
       } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
         if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
-          tok.text = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
-        } else if (k > 0 && is(k - 1, "(") && is(k + 1, ")") && operand_start(k + 2) &&
+          tok.out = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
+        } else if (k > 0 && is(k - 1, "(") && is(k + 1, ")") && operand_start(k + 2) && !consumed(k - 1, k + 1) &&
                    !(k > 1 && (s(k - 2).kind == Kind::Ident || is(k - 2, ")") || is(k - 2, "]")))) {
           blank(k - 1, k + 1, "::metal::vcast<" + s(k).text + ">{}->*");  // (float4)x conversion
-        } else if (k >= 2 && is(k - 1, "<") && s(k - 2).text == "static_cast" && is(k + 1, ">")) {
+        } else if (k >= 2 && is(k - 1, "<") && s(k - 2).text == "static_cast" && is(k + 1, ">") &&
+                   !consumed(k - 2, k + 1)) {
           blank(k - 2, k + 1, "::metal::convert<" + s(k).text + ">");  // static_cast<float4>(x)
         }
       }

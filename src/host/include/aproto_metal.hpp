@@ -474,11 +474,21 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 }  // namespace metal
 
 // ---- constants MSL provides as macros
+#ifndef MAXFLOAT
 #define MAXFLOAT 3.402823466e+38f
+#endif
+#ifndef HUGE_VALF
 #define HUGE_VALF __builtin_huge_valf()
+#endif
+#ifndef FLT_MAX
 #define FLT_MAX 3.402823466e+38f
+#endif
+#ifndef FLT_MIN
 #define FLT_MIN 1.175494351e-38f
+#endif
+#ifndef FLT_EPSILON
 #define FLT_EPSILON 1.192092896e-07f
+#endif
 #define HALF_MAX ((half)65504.0f)
 #define M_PI_F 3.14159265358979323846f
 #define M_E_F 2.71828182845904523536f
