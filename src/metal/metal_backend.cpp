@@ -35,7 +35,7 @@ constexpr bool kPrebuiltMetallibs = true;
 constexpr bool kPrebuiltMetallibs = false;
 #endif
 
-constexpr size_t kMaxBufferBindings = 31;  // Metal's argument table: [[buffer(0)]] .. [[buffer(30)]]
+constexpr size_t kMaxBindings = 31;  // Metal's argument tables: [[buffer(0..30)]], [[threadgroup(0..30)]]
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -104,6 +104,15 @@ void set_constant(MTL::FunctionConstantValues* values, const std::string& key, c
     values->setConstantValue(data, type, NS::UInteger(index));
   } else {
     values->setConstantValue(data, type, ns_string(key));
+  }
+}
+
+// resolve_includes() with this backend's message prefix.
+std::string resolved_text(const Source& source) {
+  try {
+    return resolve_includes(source);
+  } catch (const CompileError& e) {
+    throw CompileError(std::string("[metal] ") + e.what());
   }
 }
 
@@ -200,7 +209,7 @@ const DeviceInfo& MetalBackend::info() const { return s_->info; }
 std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const std::string& function,
                                                  const Constants& constants) {
   AutoreleasePoolScope pool;
-  const std::string text = resolve_includes(source);
+  const std::string text = resolved_text(source);
   const std::string hash = content_hash(text);
   const std::string key = pipeline_key(function, constants);
   std::lock_guard<std::mutex> lock(s_->mutex);
@@ -217,11 +226,11 @@ std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const std
   MTL::Library* lib = s_->library(source, text, hash);
   NS::SharedPtr<MTL::Function> fn = s_->function(lib, function, constants, key);
 
-  MTL::ComputePipelineState* state = nullptr;
+  NS::SharedPtr<MTL::ComputePipelineState> state;
   std::string cache = "compiled";
   if (s_->archive) {
     std::string miss;
-    state = s_->archive->build(fn.get(), miss);
+    state = NS::TransferPtr(s_->archive->build(fn.get(), miss));
     if (state) {
       cache = "archive";
       s_->archive_hits++;
@@ -234,7 +243,7 @@ std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const std
   }
   if (!state) {
     NS::Error* error = nullptr;
-    state = s_->device->newComputePipelineState(fn.get(), &error);
+    state = NS::TransferPtr(s_->device->newComputePipelineState(fn.get(), &error));
     if (!state) throw CompileError("[metal] cannot build the pipeline " + key + ": " + error_text(error));
     s_->pipelines_compiled++;
   }
@@ -247,7 +256,7 @@ std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const std
   info.static_threadgroup_memory = state->staticThreadgroupMemoryLength();
   info.compile_seconds = seconds_since(t0);
   info.cache = cache;
-  auto built = std::make_shared<MetalPipeline>(NS::TransferPtr(state), std::move(info));
+  auto built = std::make_shared<MetalPipeline>(std::move(state), std::move(info));
   s_->pipelines[hash + "/" + key] = built;
   return built;
 }
@@ -258,9 +267,13 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
   if (!mp) throw DispatchError("[metal] pipeline " + pipeline.info().key + " was not built by the metal backend");
   const PipelineInfo& pinfo = mp->info();
   validate_dispatch(s_->info, pinfo, args);
-  if (buffers.size() > kMaxBufferBindings)
+  if (buffers.size() > kMaxBindings)
     throw LimitError("[metal] kernel '" + pinfo.function + "': " + std::to_string(buffers.size()) +
-                     " buffer arguments exceed Metal's " + std::to_string(kMaxBufferBindings));
+                     " buffer arguments exceed Metal's " + std::to_string(kMaxBindings));
+  for (const auto& [index, bytes] : args.threadgroup_memory)
+    if (index >= kMaxBindings)
+      throw LimitError("[metal] kernel '" + pinfo.function + "': threadgroup memory index " + std::to_string(index) +
+                       " is beyond Metal's [[threadgroup(" + std::to_string(kMaxBindings - 1) + ")]]");
   // args.checked is not honoured here: bounds checking is a host-backend feature (it instruments every
   // device-memory access of the translated kernel); a Metal kernel runs unmodified on the GPU.
 
@@ -347,7 +360,7 @@ std::string MetalBackend::archive_path() const {
 
 double MetalBackend::archive_add(const Source& source, const std::string& function, const Constants& constants) {
   AutoreleasePoolScope pool;
-  const std::string text = resolve_includes(source);
+  const std::string text = resolved_text(source);
   const std::string hash = content_hash(text);
   const std::string key = pipeline_key(function, constants);
   std::lock_guard<std::mutex> lock(s_->mutex);
