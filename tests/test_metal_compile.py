@@ -35,8 +35,8 @@ def test_metal_backend_compiles_against_metal_cpp():
 MISUSES = [
     pytest.param("metal_backend.cpp", "->dispatchThreadgroups(", "->dispatchThreadgroupz(", "dispatchThreadgroupz",
                  id="misspelt-method"),
-    pytest.param("metal_backend.cpp", "enc->setBuffer(bound[i].buffer.get(), 0, i)", "enc->setBuffer(bound[i].buffer, 0, i)",
-                 "setBuffer", id="wrong-argument-type"),
+    pytest.param("metal_backend.cpp", "enc->setBuffer(bound[i].buffer.get(), 0, i)",
+                 "enc->setBuffer(bound[i].buffer, 0, i)", "setBuffer", id="wrong-argument-type"),
 ]
 
 

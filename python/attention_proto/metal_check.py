@@ -11,8 +11,8 @@ Ingredients, each found once and cached:
 * metal-cpp: ``pip download`` of the ``mlx-metal`` macOS wheel, unzipped into
   ``~/.cache/attention_proto/metal_cpp/<version>/metal_cpp`` (reused when present). Overrides:
   ``APROTO_METAL_CPP`` (an existing ``metal_cpp`` folder), ``APROTO_MLX_METAL_VERSION`` (a wheel version).
-* clang: ``clang++`` >= 15 on ``PATH``, else the clang inside the ``ziglang`` package. Override:
-  ``APROTO_METAL_CHECK_CXX`` (a clang++ command line).
+* clang: ``clang++`` >= 15 on ``PATH`` (any Apple clang on macOS), else the clang inside the ``ziglang``
+  package. Override: ``APROTO_METAL_CHECK_CXX`` (a clang++ command line).
 
 Usage outside pytest::
 
@@ -166,9 +166,11 @@ def find_compiler() -> tuple[list[str], bool]:
     override = os.environ.get("APROTO_METAL_CHECK_CXX")
     if override:
         return shlex.split(override), True
+    # Apple clang numbers its releases differently, and any of them compiles Apple's own headers.
+    min_major = 1 if sys.platform == "darwin" else 15
     for name in ["clang++"] + [f"clang++-{v}" for v in range(30, 14, -1)]:
         exe = shutil.which(name)
-        if exe and _clang_major(exe) >= 15:
+        if exe and _clang_major(exe) >= min_major:
             return [exe], True
     if importlib.util.find_spec("ziglang") is not None:
         return [sys.executable, "-m", "ziglang", "c++"], False

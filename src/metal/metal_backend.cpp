@@ -364,7 +364,8 @@ double MetalBackend::archive_add(const Source& source, const std::string& functi
   const std::string hash = content_hash(text);
   const std::string key = pipeline_key(function, constants);
   std::lock_guard<std::mutex> lock(s_->mutex);
-  if (!s_->archive) throw Error("[metal] archive_add(" + key + "): no binary archive is set; call set_archive(path) first");
+  if (!s_->archive)
+    throw Error("[metal] archive_add(" + key + "): no binary archive is set; call set_archive(path) first");
   const auto t0 = Clock::now();
   NS::SharedPtr<MTL::Function> fn = s_->function(s_->library(source, text, hash), function, constants, key);
   s_->archive->add(fn.get());
