@@ -53,6 +53,8 @@ def test_function_constants(backend: str, rng: np.random.Generator, n: int, doub
 def test_missing_and_unknown_constants_are_errors() -> None:
     with pytest.raises(ap.ShaderCompileError, match=r"function constant 'N' \(index 0\) has no value"):
         ap.Kernel(CONSTANTS, "reduce_rows", constants={"DOUBLE": True, "BIAS": 0.0}).pipeline("host")
+    with pytest.raises(ap.ShaderCompileError, match="function constant 'N' is declared 'uint' but was given a float"):
+        ap.Kernel(CONSTANTS, "reduce_rows", constants={"N": 32.0, "DOUBLE": True, "BIAS": 0.0}).pipeline("host")
     with pytest.raises(ap.ShaderCompileError, match="constant 'NN' was given but the source declares no such"):
         ap.Kernel(CONSTANTS, "reduce_rows", constants={"NN": 1, "N": 32, "DOUBLE": True,
                                                        "BIAS": 0.0}).pipeline("host")

@@ -29,6 +29,7 @@ def test_metal_backend_compiles_against_metal_cpp():
     print(f"{result.reason} with {' '.join(result.compiler)} in {result.seconds:.1f} s")
     assert result.ok, result.output
     assert {p.name for p in result.files} >= {"metal_backend.cpp", "binary_archive.cpp", "metal_cpp_impl.cpp"}
+    assert any(p.parent.name == "bindings" for p in result.files), "the Metal bindings are checked too"
 
 
 # Each case edits one line of a copy of a real source file; the check must fail and name the culprit.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._core import (
+    ArchiveMissError,
     AttentionProtoError,
     BackendUnavailableError,
     DeadlockError,
@@ -18,6 +19,7 @@ from ._core import (
     ShaderCompileError,
 )
 from .kernel import DispatchTiming, Kernel
+from .memory import aligned, empty, is_page_aligned, zeros
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -26,6 +28,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+source"
 
 __all__ = [
+    "ArchiveMissError",
     "AttentionProtoError",
     "BackendUnavailableError",
     "DeadlockError",
@@ -36,7 +39,11 @@ __all__ = [
     "ResourceLimitError",
     "ShaderCompileError",
     "__version__",
+    "aligned",
     "backends",
     "device_info",
+    "empty",
+    "is_page_aligned",
     "shader_dir",
+    "zeros",
 ]

@@ -186,6 +186,18 @@ def _compile_one(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _binding_flags() -> list[str]:
+    """Include flags for nanobind and Python, so src/bindings/metal.cpp is checked too ([] without nanobind)."""
+    import sysconfig
+
+    spec = importlib.util.find_spec("nanobind")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return ["-isystem", str(root / "include"), "-isystem", str(root / "ext" / "robin_map" / "include"),
+            "-isystem", sysconfig.get_paths()["include"]]
+
+
 def check_metal_sources(paths: list[str | os.PathLike[str]] | None = None, *,
                         src_root: str | os.PathLike[str] | None = None) -> CheckResult:
     """Compiles the Metal backend's ``.cpp`` files against Apple's metal-cpp headers; never links.
@@ -204,7 +216,13 @@ def check_metal_sources(paths: list[str | os.PathLike[str]] | None = None, *,
         return CheckResult(ok=False, skipped=True, reason=(
             "the Metal backend sources (src/metal) are not present: this is an installed package, not a source "
             "checkout; pass src_root=<repository>/src"))
-    files = [Path(p) for p in paths] if paths is not None else sorted((src / "metal").glob("*.cpp"))
+    binding_flags = _binding_flags()
+    if paths is not None:
+        files = [Path(p) for p in paths]
+    else:  # the backend, and its Python bindings when nanobind's headers are at hand
+        files = sorted((src / "metal").glob("*.cpp"))
+        if binding_flags and (src / "bindings" / "metal.cpp").is_file():
+            files.append(src / "bindings" / "metal.cpp")
     try:
         metal_cpp = metal_cpp_headers()
         compiler, syntax_only = find_compiler()
@@ -213,6 +231,7 @@ def check_metal_sources(paths: list[str | os.PathLike[str]] | None = None, *,
 
     flags = ["-std=c++17", "-fblocks", "-Wall", "-Wextra", "-DAPROTO_WITH_METAL", f"-I{src}",
              "-isystem", str(metal_cpp)]
+    flags += binding_flags
     if sys.platform != "darwin":  # a Mac has the real system headers
         flags.append(f"-I{src / 'metal' / 'linux_shim'}")
     with tempfile.TemporaryDirectory(prefix="aproto-metal-check-") as tmp:

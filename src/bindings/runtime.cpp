@@ -7,6 +7,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "bindings/convert.hpp"
 #include "host/compiler.hpp"
 #include "runtime/backend.hpp"
 
@@ -58,30 +59,14 @@ nb::dict pipeline_dict(const BoundPipeline& p) {
   return out;
 }
 
-aproto::ConstantValue to_constant(const std::string& name, nb::handle v) {
-  // bool first: Python's bool is an int
-  if (nb::isinstance<nb::bool_>(v)) return aproto::ConstantValue::boolean(nb::cast<bool>(v));
-  std::string type = nb::cast<std::string>(nb::str(nb::handle(v.type()).attr("__name__")));
-  if (type == "bool_") return aproto::ConstantValue::boolean(nb::cast<bool>(v.attr("item")()));
-  if (nb::isinstance<nb::int_>(v)) return aproto::ConstantValue::integer(nb::cast<int64_t>(v));
-  if (nb::isinstance<nb::float_>(v)) return aproto::ConstantValue::floating(nb::cast<double>(v));
-  if (nb::hasattr(v, "dtype")) {  // numpy scalars keep their signedness
-    std::string kind = nb::cast<std::string>(v.attr("dtype").attr("kind"));
-    nb::object item = v.attr("item")();
-    if (kind == "u") return aproto::ConstantValue::unsigned_integer(nb::cast<uint64_t>(item));
-    if (kind == "i") return aproto::ConstantValue::integer(nb::cast<int64_t>(item));
-    if (kind == "f") return aproto::ConstantValue::floating(nb::cast<double>(item));
-  }
-  throw nb::type_error(("constant '" + name + "' must be a bool, int or float, not " + type).c_str());
-}
-
 using ByteView = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 }  // namespace
 
 void init_runtime(nb::module_& m) {
   auto base = nb::exception<aproto::Error>(m, "AttentionProtoError", PyExc_RuntimeError);
-  nb::exception<aproto::CompileError>(m, "ShaderCompileError", base);
+  auto compile_error = nb::exception<aproto::CompileError>(m, "ShaderCompileError", base);
+  nb::exception<aproto::ArchiveMissError>(m, "ArchiveMissError", compile_error);
   nb::exception<aproto::BackendUnavailable>(m, "BackendUnavailableError", base);
   auto dispatch_error = nb::exception<aproto::DispatchError>(m, "DispatchError", base);
   nb::exception<aproto::DeadlockError>(m, "DeadlockError", dispatch_error);
@@ -108,12 +93,7 @@ void init_runtime(nb::module_& m) {
       "pipeline",
       [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
          const std::string& function, const nb::dict& constants, const std::string& backend) {
-        aproto::Constants values;
-        for (auto [k, v] : constants) {
-          std::string key = nb::isinstance<nb::int_>(k) ? "#" + std::to_string(nb::cast<int64_t>(k))
-                                                        : nb::cast<std::string>(k);
-          values[key] = to_constant(key, v);
-        }
+        aproto::Constants values = aproto::bindings::to_constants(constants);
         aproto::Backend& b = aproto::get_backend(backend);
         aproto::Source source{text, path, include_dirs};
         nb::gil_scoped_release release;  // compiling takes seconds

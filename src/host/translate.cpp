@@ -381,6 +381,9 @@ class Translator {
       if (by_name != constants_.end()) { value = &by_name->second; used_keys.insert(name); }
       else if (by_index != constants_.end()) { value = &by_index->second; used_keys.insert("#" + index); }
       std::string repl;
+      const bool real_type = type == "float" || type == "half" || type == "bfloat";
+      if (value && value->type == ConstantValue::Type::Float && !real_type && type != "bool")
+        error(name_pos, "function constant '" + name + "' is declared '" + type + "' but was given a float");
       if (value) {
         repl = "static constexpr " + type + " " + name + " = " + type + "(" + value->literal() + "); " +
                "static constexpr bool " + name + "__aproto_defined = true;";

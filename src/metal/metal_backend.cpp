@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
@@ -75,35 +76,76 @@ std::string prebuilt_metallib(const Source& source, bool fast_math) {
   return text.str() == source.text ? lib : "";
 }
 
-// Applies one function constant; keys are names, or "#<index>" for [[function_constant(index)]].
-void set_constant(MTL::FunctionConstantValues* values, const std::string& key, const ConstantValue& value,
-                  const std::string& pipeline) {
-  bool b = value.i != 0;
-  int32_t i32 = static_cast<int32_t>(value.i);
-  uint32_t u32 = static_cast<uint32_t>(value.i);
-  float f32 = static_cast<float>(value.f);
-  const void* data = nullptr;
-  MTL::DataType type = MTL::DataTypeNone;
-  switch (value.type) {
-    case ConstantValue::Type::Bool: data = &b; type = MTL::DataTypeBool; break;
-    case ConstantValue::Type::Int:
-      if (value.i < INT32_MIN || value.i > INT32_MAX)
-        throw CompileError("[metal] " + pipeline + ": constant '" + key + "' does not fit in a 32-bit int");
-      data = &i32; type = MTL::DataTypeInt; break;
-    case ConstantValue::Type::UInt:
-      if (value.i < 0 || value.i > static_cast<int64_t>(UINT32_MAX))
-        throw CompileError("[metal] " + pipeline + ": constant '" + key + "' does not fit in a 32-bit uint");
-      data = &u32; type = MTL::DataTypeUInt; break;
-    case ConstantValue::Type::Float: data = &f32; type = MTL::DataTypeFloat; break;
+// Declared type of every function constant of `fn`, keyed by name and by "#<index>".
+std::map<std::string, MTL::DataType> declared_constants(MTL::Function* fn) {
+  std::map<std::string, MTL::DataType> out;
+  NS::Dictionary* dict = fn->functionConstantsDictionary();
+  if (!dict) return out;
+  NS::Enumerator<NS::String>* keys = dict->keyEnumerator<NS::String>();
+  while (NS::String* name = keys->nextObject()) {
+    MTL::FunctionConstant* c = dict->object<MTL::FunctionConstant>(name);
+    out[name->utf8String()] = c->type();
+    out["#" + std::to_string(c->index())] = c->type();
   }
-  if (!key.empty() && key[0] == '#') {
-    char* end = nullptr;
-    unsigned long index = std::strtoul(key.c_str() + 1, &end, 10);
-    if (key.size() == 1 || *end != '\0')
-      throw CompileError("[metal] " + pipeline + ": bad constant index '" + key + "' (expected #<n>)");
-    values->setConstantValue(data, type, NS::UInteger(index));
+  return out;
+}
+
+// float -> bfloat bits, rounding to nearest even (NaN stays NaN).
+uint16_t bfloat_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Applies one function constant, converted to the type the shader declares (Metal requires the exact
+// type; the host backend converts the same way). Keys are names, or "#<index>".
+void set_constant(MTL::FunctionConstantValues* values, const std::string& key, const ConstantValue& value,
+                  MTL::DataType type, const std::string& pipeline) {
+  const bool is_float = value.type == ConstantValue::Type::Float;
+  auto integer = [&](int64_t lo, int64_t hi) {
+    if (is_float)
+      throw CompileError("[metal] " + pipeline + ": constant '" + key + "' is declared as an integer, got a float");
+    if (value.i < lo || value.i > hi)
+      throw CompileError("[metal] " + pipeline + ": constant '" + key + "' = " + std::to_string(value.i) +
+                         " does not fit its declared type");
+    return value.i;
+  };
+  union {
+    bool b;
+    int8_t i8;
+    uint8_t u8;
+    int16_t i16;
+    uint16_t u16;
+    int32_t i32;
+    uint32_t u32;
+    int64_t i64;
+    uint64_t u64;
+    float f32;
+    _Float16 f16;
+  } v;
+  std::memset(&v, 0, sizeof v);
+  const double real = is_float ? value.f : static_cast<double>(value.i);
+  switch (type) {
+    case MTL::DataTypeBool: v.b = is_float ? value.f != 0.0 : value.i != 0; break;
+    case MTL::DataTypeChar: v.i8 = static_cast<int8_t>(integer(INT8_MIN, INT8_MAX)); break;
+    case MTL::DataTypeUChar: v.u8 = static_cast<uint8_t>(integer(0, UINT8_MAX)); break;
+    case MTL::DataTypeShort: v.i16 = static_cast<int16_t>(integer(INT16_MIN, INT16_MAX)); break;
+    case MTL::DataTypeUShort: v.u16 = static_cast<uint16_t>(integer(0, UINT16_MAX)); break;
+    case MTL::DataTypeInt: v.i32 = static_cast<int32_t>(integer(INT32_MIN, INT32_MAX)); break;
+    case MTL::DataTypeUInt: v.u32 = static_cast<uint32_t>(integer(0, UINT32_MAX)); break;
+    case MTL::DataTypeLong: v.i64 = integer(INT64_MIN, INT64_MAX); break;
+    case MTL::DataTypeULong: v.u64 = static_cast<uint64_t>(integer(0, INT64_MAX)); break;
+    case MTL::DataTypeFloat: v.f32 = static_cast<float>(real); break;
+    case MTL::DataTypeHalf: v.f16 = static_cast<_Float16>(real); break;
+    case MTL::DataTypeBFloat: v.u16 = bfloat_bits(static_cast<float>(real)); break;
+    default:
+      throw CompileError("[metal] " + pipeline + ": constant '" + key + "' has a type the runtime cannot set");
+  }
+  if (key[0] == '#') {
+    values->setConstantValue(&v, type, NS::UInteger(std::strtoul(key.c_str() + 1, nullptr, 10)));
   } else {
-    values->setConstantValue(data, type, ns_string(key));
+    values->setConstantValue(&v, type, ns_string(key));
   }
 }
 
@@ -192,8 +234,25 @@ struct MetalBackend::State {
         throw CompileError("[metal] function '" + name + "' not found in the library (it has: " +
                            function_names(lib) + ")");
     } else {
+      // The unspecialised function tells each constant's declared type.
+      auto generic = NS::TransferPtr(lib->newFunction(ns_string(name)));
+      if (!generic)
+        throw CompileError("[metal] function '" + name + "' not found in the library (it has: " +
+                           function_names(lib) + ")");
+      const auto declared = declared_constants(generic.get());
       auto values = NS::TransferPtr(MTL::FunctionConstantValues::alloc()->init());
-      for (const auto& [k, v] : constants) set_constant(values.get(), k, v, key);
+      for (const auto& [k, v] : constants) {
+        auto it = declared.find(k);
+        if (it == declared.end()) {
+          std::string names;
+          for (const auto& [d, t] : declared)
+            if (d[0] != '#') names += (names.empty() ? "" : ", ") + d;
+          throw CompileError("[metal] " + key + ": constant '" + k + "' was given but '" + name +
+                             "' declares no such function constant (declared: " + (names.empty() ? "none" : names) +
+                             ")");
+        }
+        set_constant(values.get(), k, v, it->second, key);
+      }
       fn = lib->newFunction(ns_string(name), values.get(), &error);
       if (!fn) throw CompileError("[metal] cannot specialise " + key + ": " + error_text(error));
     }

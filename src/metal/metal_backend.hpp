@@ -13,9 +13,6 @@
 
 namespace aproto {
 
-// A pipeline was asked for while a binary archive is set with fail_on_miss, and the archive lacks it.
-struct ArchiveMissError : CompileError { using CompileError::CompileError; };
-
 class MetalBackend final : public Backend {
  public:
   ~MetalBackend() override;

@@ -12,6 +12,9 @@ struct Error : std::runtime_error {
 };
 // A shader failed to translate or compile; the message carries the compiler's output (file:line).
 struct CompileError : Error { using Error::Error; };
+// A pipeline was asked for while a binary archive is set with fail_on_miss, and the archive lacks it
+// (Metal backend).
+struct ArchiveMissError : CompileError { using CompileError::CompileError; };
 // A kernel could not run to completion (bad dispatch arguments, driver error, kernel fault).
 struct DispatchError : Error { using Error::Error; };
 // Threads of a threadgroup wait on a barrier or SIMD operation that others never reach.
