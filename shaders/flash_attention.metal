@@ -1,0 +1,248 @@
+// Flash attention forward: O = softmax(scale * Q K^T + mask) V in one pass over the keys
+// (online softmax), never materialising the Nq x Nk score matrix.
+//
+// Tensors (C-contiguous): q, o [B, Hq, Nq, D]; k, v [B, Hkv, Nk, D]; lse [B, Hq, Nq] (float, natural log).
+// GQA/MQA: query head h reads key/value head h / (Hq / Hkv).
+// Causal masks are bottom-right aligned: query i sees keys j <= i + Nk - Nq. When Nq > Nk the first
+// Nq - Nk query rows see no key at all; they output 0 and their logsumexp is -inf.
+//
+// Work split. One threadgroup owns BLOCK_Q query rows of one (batch, head); it runs BLOCK_Q / 8
+// SIMD-groups and each SIMD-group owns 8 of those rows from the first key to the output store, so the
+// softmax statistics never leave a SIMD-group and the only threadgroup barriers guard the shared K/V
+// tiles. Per step of BLOCK_K keys:
+//   S = Q K^T          8x8 simdgroup_matrix MMAs, float accumulation
+//   m, l, P            online softmax in the exp2 domain on the S registers (thread_elements)
+//   O = O * alpha + P V
+//
+// Where data lives, and why (M4: 32 KB threadgroup memory, 8x8 MMAs fed from registers):
+//   Q tile   threadgroup, [BLOCK_Q][ROW]   staged once (edge rows zeroed), reread every step: keeping
+//            D/8 Q fragments in registers as well as the D/8 output fragments would not fit D = 256.
+//   K, V     threadgroup, [BLOCK_K][ROW]   each loaded once per step by the whole threadgroup and read
+//            by every SIMD-group; separate tiles so both loads share one barrier pair.
+//   S, P     registers: each lane holds 2 elements of every 8x8 fragment, all in one query row.
+//   O        registers: D/8 float fragments per SIMD-group, rescaled in place.
+//   m, l     registers: one float each per lane (the lane's query row), the same in the 4 lanes of a row.
+// ROW = D + 16 bytes of padding: with rows exactly D*sizeof(T) apart (a multiple of 128 bytes for most
+// D) the 8 rows of an 8x8 fragment load fall on the same threadgroup-memory banks; 16 bytes shift each
+// row by 4 banks. Threadgroup bytes = (BLOCK_Q + 2 * BLOCK_K) * (D * sizeof(T) + 16), mirrored by
+// attention_proto.flash_attention.threadgroup_bytes().
+#include <metal_stdlib>
+#include "attention_params.h"
+using namespace metal;
+
+constant uint BLOCK_Q   [[function_constant(0)]];  // query rows per threadgroup, multiple of 8
+constant uint BLOCK_K   [[function_constant(1)]];  // keys per step, multiple of 8
+constant uint HEAD_DIM  [[function_constant(2)]];  // D: 32, 64, 80, 96, 128 or 256
+constant bool CAUSAL    [[function_constant(3)]];
+constant bool WRITE_LSE [[function_constant(4)]];
+
+constant uint SIMDGROUPS = BLOCK_Q / 8;      // one SIMD-group per 8 query rows
+constant uint THREADS = SIMDGROUPS * 32;
+constant uint D_FRAGS = HEAD_DIM / 8;        // 8x8 fragments across the head dimension
+constant uint K_FRAGS = BLOCK_K / 8;         // 8x8 fragments across one step of keys
+constant uint ROW_PAD_BYTES = 16;
+
+// Copies rows [first, first + rows) of a [len, HEAD_DIM] matrix into a tile with `row_stride`; rows at
+// or past `len` become 0 (not NaN or stale data: the kernel multiplies them, and 0 * NaN is NaN).
+// Four elements per thread per step; a chunk never crosses a row since HEAD_DIM % 8 == 0.
+template <typename T>
+void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint first, uint len, uint rows,
+               ushort tid)
+{
+    const uint chunks_per_row = HEAD_DIM / 4;
+    for (uint c = tid; c < rows * chunks_per_row; c += THREADS) {
+        const uint r = c / chunks_per_row;
+        const uint col = (c % chunks_per_row) * 4;
+        vec<T, 4> x = vec<T, 4>(T(0));
+        if (first + r < len) {
+            x = *(device const vec<T, 4>*)(src + ulong(first + r) * HEAD_DIM + col);
+        }
+        *(threadgroup vec<T, 4>*)(tile + r * row_stride + col) = x;
+    }
+}
+
+template <typename T>
+void attention_forward(device const T* q, device const T* k, device const T* v, device T* o,
+                       device float* lse, constant FlashAttentionParams& p,
+                       threadgroup T* q_tile, threadgroup T* k_tile, threadgroup T* v_tile,
+                       uint3 group, ushort sg, ushort lane, ushort tid)
+{
+    const uint row_stride = HEAD_DIM + ROW_PAD_BYTES / sizeof(T);
+    const uint q_start = group.x * BLOCK_Q;
+    const uint head = group.y, batch = group.z;
+    const uint kv_head = head / p.q_per_kv;
+    // 64-bit offsets: B * H * N * D may pass 2^32 elements.
+    const ulong q_offset = (ulong(batch) * p.q_heads + head) * p.q_len * HEAD_DIM;
+    const ulong kv_offset = (ulong(batch) * p.kv_heads + kv_head) * p.kv_len * HEAD_DIM;
+    q += q_offset;
+    o += q_offset;
+    k += kv_offset;
+    v += kv_offset;
+
+    load_rows(q_tile, row_stride, q, q_start, p.q_len, BLOCK_Q, tid);
+
+    // Keys this query block needs: all of them, or with the causal mask those up to what its last
+    // row sees. 0 blocks when no row of the block sees a key (Nq > Nk); the loop then never runs.
+    uint kv_end = p.kv_len;
+    if (CAUSAL) {
+        const int last_visible = int(min(q_start + BLOCK_Q, p.q_len)) + int(p.kv_len) - int(p.q_len);
+        kv_end = uint(clamp(last_visible, 0, int(p.kv_len)));
+    }
+
+    // Apple's 8x8 fragment layout: this lane holds row `frag_row`, columns frag_col and frag_col + 1 of
+    // every fragment. The lanes sharing a row differ in lane bits 0 and 3 (shuffle_xor 1 and 8).
+    const ushort frag_row = ((lane / 4) & 4) + (lane / 2) % 4;
+    const ushort frag_col = ((lane / 4) & 2) * 2 + (lane % 2) * 2;
+    const uint row = q_start + sg * 8 + frag_row;          // this lane's query row (may be >= Nq)
+    const int last_key = int(row) + int(p.kv_len) - int(p.q_len);  // causal: last key the row sees
+    threadgroup const T* q_rows = q_tile + sg * 8 * row_stride;
+
+    simdgroup_matrix<float, 8, 8> acc[D_FRAGS];
+    for (uint d = 0; d < D_FRAGS; d++) {
+        acc[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+    float row_max = -INFINITY;  // running max of the row's scores, log2 domain
+    float row_sum = 0.0f;       // running sum of exp2(score - row_max)
+
+    for (uint key_start = 0; key_start < kv_end; key_start += BLOCK_K) {
+        threadgroup_barrier(mem_flags::mem_threadgroup);  // Q tile written / last step's K, V read
+        load_rows(k_tile, row_stride, k, key_start, p.kv_len, BLOCK_K, tid);
+        load_rows(v_tile, row_stride, v, key_start, p.kv_len, BLOCK_K, tid);
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+
+        // S = Q K^T for this SIMD-group's 8 rows: K^T fragments are transposed loads of the K tile.
+        simdgroup_matrix<float, 8, 8> s[K_FRAGS];
+        for (uint j = 0; j < K_FRAGS; j++) {
+            s[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+        }
+        for (uint d = 0; d < D_FRAGS; d++) {
+            simdgroup_matrix<T, 8, 8> q_frag;
+            simdgroup_load(q_frag, q_rows + d * 8, row_stride);
+            for (uint j = 0; j < K_FRAGS; j++) {
+                simdgroup_matrix<T, 8, 8> kt_frag;
+                simdgroup_load(kt_frag, k_tile + j * 8 * row_stride + d * 8, row_stride, ulong2(0), true);
+                simdgroup_multiply_accumulate(s[j], q_frag, kt_frag, s[j]);
+            }
+        }
+
+        // Scale into the log2 domain and mask. Only blocks that reach past Nk or cross the causal
+        // diagonal test each element; the condition is the same for the whole threadgroup.
+        const bool past_end = key_start + BLOCK_K > p.kv_len;
+        const bool on_diagonal = CAUSAL && int(key_start + BLOCK_K) - 1 > int(q_start) + int(p.kv_len) - int(p.q_len);
+        float step_max = -INFINITY;
+        for (uint j = 0; j < K_FRAGS; j++) {
+            thread auto& e = s[j].thread_elements();
+            for (uint c = 0; c < 2; c++) {
+                float x = e[c] * p.scale_log2;
+                if (past_end || on_diagonal) {
+                    const int key = int(key_start + j * 8 + frag_col + c);
+                    if (key >= int(p.kv_len) || (CAUSAL && key > last_key)) {
+                        x = -INFINITY;
+                    }
+                }
+                e[c] = x;
+                step_max = max(step_max, x);
+            }
+        }
+        step_max = max(step_max, simd_shuffle_xor(step_max, 1));
+        step_max = max(step_max, simd_shuffle_xor(step_max, 8));
+
+        // Online softmax. A row that has seen no visible key keeps max = -inf; shifting by 0 instead
+        // keeps exp2(-inf - shift) = 0 and avoids -inf - -inf = NaN.
+        const float new_max = max(row_max, step_max);
+        const float shift = new_max == -INFINITY ? 0.0f : new_max;
+        const float alpha = exp2(row_max - shift);  // rescales what was accumulated so far
+        row_max = new_max;
+
+        // P = exp2(S - max) in T: the P V product runs at the input precision, accumulating in float.
+        simdgroup_matrix<T, 8, 8> p_frag[K_FRAGS];
+        float step_sum = 0.0f;
+        for (uint j = 0; j < K_FRAGS; j++) {
+            thread auto& e = s[j].thread_elements();
+            thread auto& pe = p_frag[j].thread_elements();
+            const float p0 = exp2(e[0] - shift);
+            const float p1 = exp2(e[1] - shift);
+            pe[0] = T(p0);
+            pe[1] = T(p1);
+            step_sum += p0 + p1;
+        }
+        step_sum += simd_shuffle_xor(step_sum, 1);
+        step_sum += simd_shuffle_xor(step_sum, 8);
+        row_sum = row_sum * alpha + step_sum;
+
+        for (uint d = 0; d < D_FRAGS; d++) {
+            thread auto& oe = acc[d].thread_elements();
+            oe[0] *= alpha;
+            oe[1] *= alpha;
+            for (uint j = 0; j < K_FRAGS; j++) {
+                simdgroup_matrix<T, 8, 8> v_frag;
+                simdgroup_load(v_frag, v_tile + j * 8 * row_stride + d * 8, row_stride);
+                simdgroup_multiply_accumulate(acc[d], p_frag[j], v_frag, acc[d]);
+            }
+        }
+    }
+
+    // Each lane stores its own 2 elements per fragment straight from registers: rows past Nq are
+    // skipped without a staging tile. A row that saw no key has row_sum = 0 and outputs 0.
+    if (row < p.q_len) {
+        const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+        device T* out = o + ulong(row) * HEAD_DIM + frag_col;
+        for (uint d = 0; d < D_FRAGS; d++) {
+            thread auto& oe = acc[d].thread_elements();
+            out[d * 8] = T(oe[0] * inv_sum);
+            out[d * 8 + 1] = T(oe[1] * inv_sum);
+        }
+        if (WRITE_LSE && frag_col == 0) {  // one lane of the row's four
+            const ulong index = (ulong(batch) * p.q_heads + head) * p.q_len + row;
+            lse[index] = row_sum > 0.0f ? (row_max + log2(row_sum)) * M_LN2_F : -INFINITY;
+        }
+    }
+}
+
+// One kernel per element type; each declares the tiles (threadgroup memory belongs to a kernel
+// function) and runs the shared body. Grid: (ceil(Nq / BLOCK_Q), Hq, B) threadgroups of
+// BLOCK_Q / 8 * 32 threads. lse (buffer 4) is written only when WRITE_LSE.
+kernel void flash_attention_f32(device const float* q [[buffer(0)]], device const float* k [[buffer(1)]],
+                                device const float* v [[buffer(2)]], device float* o [[buffer(3)]],
+                                device float* lse [[buffer(4)]],
+                                constant FlashAttentionParams& p [[buffer(5)]],
+                                uint3 group [[threadgroup_position_in_grid]],
+                                ushort sg [[simdgroup_index_in_threadgroup]],
+                                ushort lane [[thread_index_in_simdgroup]],
+                                ushort tid [[thread_index_in_threadgroup]])
+{
+    threadgroup float q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 4)];
+    threadgroup float k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 4)];
+    threadgroup float v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 4)];
+    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+}
+
+kernel void flash_attention_f16(device const half* q [[buffer(0)]], device const half* k [[buffer(1)]],
+                                device const half* v [[buffer(2)]], device half* o [[buffer(3)]],
+                                device float* lse [[buffer(4)]],
+                                constant FlashAttentionParams& p [[buffer(5)]],
+                                uint3 group [[threadgroup_position_in_grid]],
+                                ushort sg [[simdgroup_index_in_threadgroup]],
+                                ushort lane [[thread_index_in_simdgroup]],
+                                ushort tid [[thread_index_in_threadgroup]])
+{
+    threadgroup half q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    threadgroup half k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    threadgroup half v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+}
+
+kernel void flash_attention_bf16(device const bfloat* q [[buffer(0)]], device const bfloat* k [[buffer(1)]],
+                                 device const bfloat* v [[buffer(2)]], device bfloat* o [[buffer(3)]],
+                                 device float* lse [[buffer(4)]],
+                                 constant FlashAttentionParams& p [[buffer(5)]],
+                                 uint3 group [[threadgroup_position_in_grid]],
+                                 ushort sg [[simdgroup_index_in_threadgroup]],
+                                 ushort lane [[thread_index_in_simdgroup]],
+                                 ushort tid [[thread_index_in_threadgroup]])
+{
+    threadgroup bfloat q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    threadgroup bfloat k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    threadgroup bfloat v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
+    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+}
