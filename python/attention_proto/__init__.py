@@ -18,6 +18,7 @@ from ._core import (
     ResourceLimitError,
     ShaderCompileError,
 )
+from .flash_attention import flash_attention, flash_attention_timed
 from .kernel import DispatchTiming, Kernel
 from .memory import aligned, empty, is_page_aligned, zeros
 from .runtime import backends, device_info, shader_dir
@@ -43,6 +44,8 @@ __all__ = [
     "backends",
     "device_info",
     "empty",
+    "flash_attention",
+    "flash_attention_timed",
     "is_page_aligned",
     "shader_dir",
     "zeros",

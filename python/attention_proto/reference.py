@@ -1,0 +1,62 @@
+"""FP64 reference implementations the kernels are tested against.
+
+Conventions (DESIGN.md): q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]``; query head ``h`` reads key/value
+head ``h // (Hq // Hkv)`` (GQA; MQA is ``Hkv == 1``); causal masks are bottom-right aligned, so query
+``i`` sees keys ``j <= i + Nk - Nq``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def causal_mask(q_len: int, kv_len: int) -> np.ndarray:
+    """The bottom-right aligned causal mask, ``[q_len, kv_len]`` bool, True where query i sees key j
+    (``j <= i + kv_len - q_len``). With ``q_len > kv_len`` the first ``q_len - kv_len`` rows are all False."""
+    return np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None] + (kv_len - q_len)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False, scale: float | None = None,
+              return_lse: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Scaled dot-product attention ``softmax(scale * Q K^T + mask) V`` computed in float64.
+
+    Args:
+        q: ``[B, Hq, Nq, D]``, any float dtype (converted to float64).
+        k, v: ``[B, Hkv, Nk, D]`` with ``Hq % Hkv == 0``.
+        causal: apply the bottom-right aligned causal mask (see :func:`causal_mask`).
+        scale: the softmax scale, ``1 / sqrt(D)`` when None.
+        return_lse: also return the natural-log logsumexp of each row's scaled, masked scores.
+
+    Returns:
+        The output ``[B, Hq, Nq, D]`` float64, and with ``return_lse`` the logsumexp ``[B, Hq, Nq]``
+        float64. A query row that sees no key (causal with ``Nq > Nk``) has output 0 and logsumexp
+        ``-inf``: softmax over an empty set is taken as no contribution rather than NaN, the same
+        definition the flash attention kernel implements.
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B, Hq, Nq, D] and k, v [B, Hkv, Nk, D], got {q.shape}, {k.shape}, {v.shape}")
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    if k.shape[0] != batch or k.shape[3] != head_dim or q_heads % kv_heads != 0:
+        raise ValueError(f"k/v shape {k.shape} does not fit q shape {q.shape} (same B and D, Hq % Hkv == 0)")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    group = q_heads // kv_heads
+    # [B, Hkv, group, Nq, D]: the `group` query heads of one kv head are adjacent (h // group).
+    q64 = q.astype(np.float64).reshape(batch, kv_heads, group, q_len, head_dim)
+    k64 = k.astype(np.float64)[:, :, None]
+    v64 = v.astype(np.float64)[:, :, None]
+    scores = scale * (q64 @ np.swapaxes(k64, -1, -2))  # [B, Hkv, group, Nq, Nk]
+    if causal:
+        scores = np.where(causal_mask(q_len, kv_len), scores, -np.inf)
+    row_max = scores.max(axis=-1, keepdims=True)
+    seen = np.isfinite(row_max)  # False only for rows that see no key
+    weights = np.exp(scores - np.where(seen, row_max, 0.0))
+    row_sum = weights.sum(axis=-1, keepdims=True)
+    out = (weights @ v64) / np.where(seen, row_sum, 1.0)
+    out = out.reshape(batch, q_heads, q_len, head_dim)
+    if not return_lse:
+        return out
+    with np.errstate(divide="ignore"):  # log(0) = -inf for rows that see no key
+        lse = np.where(seen, row_max + np.log(row_sum), -np.inf)[..., 0]
+    return out, lse.reshape(batch, q_heads, q_len)
