@@ -42,6 +42,15 @@ constant uint D_FRAGS = HEAD_DIM / 8;        // 8x8 fragments across the head di
 constant uint K_FRAGS = BLOCK_K / 8;         // 8x8 fragments across one step of keys
 constant uint ROW_PAD_BYTES = 16;
 
+// Loops over the 8x8 fragments index register arrays (acc, s, p_frag); unrolled once the function
+// constants fix their trip counts, the arrays stay in registers instead of spilling. (The host
+// backend's C++ compiler decides for itself; unrolling there only costs compile time.)
+#ifdef __METAL_VERSION__
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL
+#endif
+
 // Copies rows [first, first + rows) of a [len, HEAD_DIM] matrix into a tile with `row_stride`; rows at
 // or past `len` become 0 (not NaN or stale data: the kernel multiplies them, and 0 * NaN is NaN).
 // Four elements per thread per step; a chunk never crosses a row since HEAD_DIM % 8 == 0.
@@ -98,6 +107,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     threadgroup const T* q_rows = q_tile + sg * 8 * row_stride;
 
     simdgroup_matrix<float, 8, 8> acc[D_FRAGS];
+    UNROLL
     for (uint d = 0; d < D_FRAGS; d++) {
         acc[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
@@ -112,12 +122,15 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 
         // S = Q K^T for this SIMD-group's 8 rows: K^T fragments are transposed loads of the K tile.
         simdgroup_matrix<float, 8, 8> s[K_FRAGS];
+        UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
             s[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
         }
+        UNROLL
         for (uint d = 0; d < D_FRAGS; d++) {
             simdgroup_matrix<T, 8, 8> q_frag;
             simdgroup_load(q_frag, q_rows + d * 8, row_stride);
+            UNROLL
             for (uint j = 0; j < K_FRAGS; j++) {
                 simdgroup_matrix<T, 8, 8> kt_frag;
                 simdgroup_load(kt_frag, k_tile + j * 8 * row_stride + d * 8, row_stride, ulong2(0), true);
@@ -130,8 +143,10 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         const bool past_end = key_start + BLOCK_K > p.kv_len;
         const bool on_diagonal = CAUSAL && int(key_start + BLOCK_K) - 1 > int(q_start) + int(p.kv_len) - int(p.q_len);
         float step_max = -INFINITY;
+        UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
             thread auto& e = s[j].thread_elements();
+            UNROLL
             for (uint c = 0; c < 2; c++) {
                 float x = e[c] * p.scale_log2;
                 if (past_end || on_diagonal) {
@@ -157,6 +172,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         // P = exp2(S - max) in T: the P V product runs at the input precision, accumulating in float.
         simdgroup_matrix<T, 8, 8> p_frag[K_FRAGS];
         float step_sum = 0.0f;
+        UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
             thread auto& e = s[j].thread_elements();
             thread auto& pe = p_frag[j].thread_elements();
@@ -170,10 +186,12 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         step_sum += simd_shuffle_xor(step_sum, 8);
         row_sum = row_sum * alpha + step_sum;
 
+        UNROLL
         for (uint d = 0; d < D_FRAGS; d++) {
             thread auto& oe = acc[d].thread_elements();
             oe[0] *= alpha;
             oe[1] *= alpha;
+            UNROLL
             for (uint j = 0; j < K_FRAGS; j++) {
                 simdgroup_matrix<T, 8, 8> v_frag;
                 simdgroup_load(v_frag, v_tile + j * 8 * row_stride + d * 8, row_stride);
@@ -187,6 +205,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     if (row < p.q_len) {
         const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
         device T* out = o + ulong(row) * HEAD_DIM + frag_col;
+        UNROLL
         for (uint d = 0; d < D_FRAGS; d++) {
             thread auto& oe = acc[d].thread_elements();
             out[d * 8] = T(oe[0] * inv_sum);

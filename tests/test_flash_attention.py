@@ -279,3 +279,35 @@ def test_cpp_entry_point_rechecks_shapes(backend: str, qkv: tuple[np.ndarray, ..
         ro = np.empty_like(q)
         ro.flags.writeable = False
         call(out=ro)
+
+
+# ---------------------------------------------------------------------------------------- bench
+
+
+def test_bench_smoke(host_only: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both bench modes on a tiny problem: tables, heatmap, findings labelled as CPU results, peers."""
+    from attention_proto import bench, kb
+    from attention_proto.benches import flash_attention as fa_bench
+
+    peer = bench.PeerResult("torch", "torch cpu", bench.TimingStats.from_samples([0.002, 0.003]))
+    monkeypatch.setattr(bench, "run_peers", lambda *args, **kwargs: {"torch": peer})  # no MLX/torch here
+    findings = tmp_path / "findings.jsonl"
+    common = ["--backend", host_only, "--findings", str(findings), "--head-dims", "32", "--dtypes", "float16",
+              "--seq", "24", "--heads", "1", "--repeat", "1"]
+    assert fa_bench.main(common) == 0
+    assert fa_bench.main(common + ["--quick"]) == 0
+    out = tmp_path / "flash_attention"
+    for name in ("baseline.json", "tiles.csv", "best_tiles.json", "numerics.json", "memory.json",
+                 "tiles_D32_float16.png"):
+        assert (out / name).is_file(), name
+    loaded = kb.load(findings)
+    kinds = {f.kind for f in loaded}
+    assert kinds == {"performance", "numerics", "memory"}
+    for f in loaded:
+        assert f.device["backend"] == "host"
+        if f.kind == "performance":
+            assert f.claim.startswith("CPU result"), f.claim
+    default = [f for f in loaded if f.metric == "default_tile_tflops"]
+    assert len(default) == 1 and "torch 2.5 ms (torch cpu)" in default[0].claim
+    assert fa_bench.main(common + ["--quick"]) == 0  # a re-run replaces its findings
+    assert len(kb.load(findings)) == len(loaded)
