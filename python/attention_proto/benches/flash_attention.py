@@ -74,7 +74,7 @@ def _is_host(device: dict[str, Any]) -> bool:
 
 
 def _cpu_prefix(device: dict[str, Any]) -> str:
-    return "CPU result (host backend emulating the kernel, not an Apple GPU): " if _is_host(device) else ""
+    return "CPU result (host-backend emulation, not an Apple GPU): " if _is_host(device) else ""
 
 
 class _Runner:
@@ -219,7 +219,7 @@ def _memory(device: dict[str, Any], limit: int) -> bench.Table:
 def _findings(runner: _Runner, best: list[dict[str, Any]], sweep_stats: dict, baseline: bench.Table | None,
               baseline_stats: dict, numerics: bench.Table, memory: bench.Table, limit: int) -> list[kb.Finding]:
     device, backend = runner.device, runner.backend
-    label = kb.device_label(device)
+    device_name = str(device["name"])
     prefix = _cpu_prefix(device)
     shape = runner.shape()
     found: list[kb.Finding] = []
@@ -240,7 +240,7 @@ def _findings(runner: _Runner, best: list[dict[str, Any]], sweep_stats: dict, ba
         add("performance", "best_tile_tflops", row["tflops"], "TFLOP/s", {**shape, "D": row["D"], "dtype": row["dtype"]},
             f"{prefix}fastest tile for D={row['D']} {row['dtype']} (N={runner.n}, causal={runner.causal}) is "
             f"block_q={row['best_block_q']}, block_k={row['best_block_k']} at {row['tflops']:.4g} TFLOP/s "
-            f"({of_peak(row['pct_peak'])}) on {label}",
+            f"({of_peak(row['pct_peak'])}) on {device_name}",
             {**stats.evidence(), "table": "flash_attention/tiles.json"},
             extra={"block_q": row["best_block_q"], "block_k": row["best_block_k"]})
     if baseline is not None:
@@ -254,12 +254,12 @@ def _findings(runner: _Runner, best: list[dict[str, Any]], sweep_stats: dict, ba
             add("performance", "default_tile_tflops", row["tflops"], "TFLOP/s", config,
                 f"{prefix}default tile {row['block_q']}x{row['block_k']} for D={row['D']} {row['dtype']} runs at "
                 f"{row['tflops']:.4g} TFLOP/s ({of_peak(row['pct_peak'])}, "
-                f"{row['median_ms']:.3g} ms) on {label}" + (f"; peers: {peers}" if peers else ""),
+                f"{row['median_ms']:.3g} ms) on {device_name}" + (f"; peers: {peers}" if peers else ""),
                 {**baseline_stats[(row["D"], row["dtype"])].evidence(), "table": "flash_attention/baseline.json"})
     for t in sorted({r["dtype"] for r in numerics.rows}, key=DTYPES.index):
         rows = [r for r in numerics.rows if r["dtype"] == t]
         worst = max(rows, key=lambda r: r["rel_error"])
-        where = "host emulation (IEEE float32 arithmetic on the CPU)" if _is_host(device) else label
+        where = "host emulation (IEEE float32 arithmetic on the CPU)" if _is_host(device) else device_name
         add("numerics", "rel_error_vs_fp64", worst["rel_error"], "", {**numerics.meta["shape"], "dtype": t},
             f"{t} flash attention (float32 accumulation) is within {worst['rel_error']:.2g} relative error "
             f"(Frobenius) of the FP64 reference for D in {sorted(r['D'] for r in rows)}, measured on {where}",
