@@ -246,6 +246,8 @@ def test_other_bad_arguments(qkv: tuple[np.ndarray, ...]) -> None:
         ap.flash_attention(q, k, v, scale=math.inf)
     with pytest.raises(ValueError, match=r"out must have shape \(1, 4, 8, 64\) and dtype float32"):
         ap.flash_attention(q, k, v, out=np.empty((1, 4, 8, 64), np.float16))
+    with pytest.raises(ValueError, match="out must not overlap k"):
+        ap.flash_attention(q[:, :2].copy(), k, v, out=k)
     with pytest.raises(TypeError, match="k must be a numpy array"):
         ap.flash_attention(q, k.tolist(), v)
 
