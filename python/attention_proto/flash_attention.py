@@ -218,7 +218,7 @@ def _prepare(q: Any, k: Any, v: Any, causal: bool, scale: float | None, block_q:
     written = [("out", out)] + ([("lse_out", lse_out)] if lse_out is not None else [])
     for name, result in written:
         for other_name, other in (("q", q), ("k", k), ("v", v), *written):
-            if other is not result and np.may_share_memory(result, other):
+            if other_name != name and np.may_share_memory(result, other):
                 raise ValueError(f"{name} must not overlap {other_name}")
     return _Call(_aligned(q), _aligned(k), _aligned(v), out, lse_out, dtype, float(scale), block_q, block_k,
                  backend)
