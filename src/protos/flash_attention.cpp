@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "../../shaders/attention_params.h"
+#include "attention_params.h"
 
 namespace aproto::flash_attention {
 

@@ -358,8 +358,10 @@ inline void sg_matrix_coord(uint32_t lane, int& row, int& col) {
 }
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
   static_assert(Cols == 8 && Rows == 8, "the host backend emulates 8x8 simdgroup matrices only");
-  T m[64];
-  bool lane_modified = false;
+  // mutable: gathering makes the lane copies agree without changing the matrix's value, so it may run
+  // on the operands (taken by const reference) in place, once, instead of on a copy at every use.
+  mutable T m[64];
+  mutable bool lane_modified = false;
   simdgroup_matrix() = default;
   explicit simdgroup_matrix(T diagonal) {
     for (int i = 0; i < 64; i++) m[i] = (i % 9 == 0) ? diagonal : T(0);
@@ -370,7 +372,7 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
     lane_modified = true;
     return *reinterpret_cast<vec<T, 2>*>(&m[r * 8 + c]);
   }
-  void gather(uint32_t site) {
+  void gather(uint32_t site) const {
     if (!lane_modified) return;
     int r, c;
     sg_matrix_coord(aproto_rt::lane(), r, c);
@@ -409,7 +411,7 @@ inline void simdgroup_load(simdgroup_matrix<T, 8, 8>& d, const P* src, ulong ele
   d.lane_modified = false;
 }
 template <class T, class P>
-inline void simdgroup_store(simdgroup_matrix<T, 8, 8> s, P* dst, ulong elements_per_row = 8, ulong2 origin = 0,
+inline void simdgroup_store(const simdgroup_matrix<T, 8, 8>& s, P* dst, ulong elements_per_row = 8, ulong2 origin = 0,
                             bool transpose = false, APROTO_SITE) {
   s.gather(__site);
   dst += origin.y * elements_per_row + origin.x;
@@ -419,8 +421,8 @@ inline void simdgroup_store(simdgroup_matrix<T, 8, 8> s, P* dst, ulong elements_
 }
 // d = a * b + c, accumulated in float.
 template <class TD, class TA, class TB, class TC>
-inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, simdgroup_matrix<TA, 8, 8> a,
-                                          simdgroup_matrix<TB, 8, 8> b, simdgroup_matrix<TC, 8, 8> c,
+inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_matrix<TA, 8, 8>& a,
+                                          const simdgroup_matrix<TB, 8, 8>& b, const simdgroup_matrix<TC, 8, 8>& c,
                                           APROTO_SITE) {
   a.gather(__site);
   b.gather(__site);
@@ -434,8 +436,8 @@ inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, simdgro
   d.lane_modified = false;
 }
 template <class TD, class TA, class TB>
-inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, simdgroup_matrix<TA, 8, 8> a,
-                               simdgroup_matrix<TB, 8, 8> b, APROTO_SITE) {
+inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_matrix<TA, 8, 8>& a,
+                               const simdgroup_matrix<TB, 8, 8>& b, APROTO_SITE) {
   simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<TD, 8, 8>(TD(0)), __site);
 }
 
