@@ -1,4 +1,4 @@
-// Python -> runtime conversions shared by the binding files.
+// Conversions between Python values and runtime types, shared by the binding files.
 #pragma once
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -39,6 +39,19 @@ inline Constants to_constants(const nb::dict& constants) {
     values[key] = to_constant(key, v);
   }
   return values;
+}
+
+// The facts of a pipeline as a Python dict.
+inline nb::dict to_dict(const PipelineInfo& i) {
+  nb::dict out;
+  out["function"] = i.function;
+  out["key"] = i.key;
+  out["max_total_threads_per_threadgroup"] = i.max_total_threads_per_threadgroup;
+  out["thread_execution_width"] = i.thread_execution_width;
+  out["static_threadgroup_memory"] = i.static_threadgroup_memory;
+  out["compile_seconds"] = i.compile_seconds;
+  out["cache"] = i.cache;
+  return out;
 }
 
 }  // namespace aproto::bindings

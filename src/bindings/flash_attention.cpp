@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "bindings/convert.hpp"
 #include "protos/flash_attention.hpp"
 
 namespace nb = nanobind;
@@ -47,17 +48,6 @@ fa::Tensor view(const Array& a, const char* name, fa::DType dtype, bool writable
   t.itemsize = uint32_t(a.itemsize());
   t.writable = writable;
   return t;
-}
-
-nb::dict pipeline_dict(const aproto::PipelineInfo& i) {
-  nb::dict out;
-  out["function"] = i.function;
-  out["key"] = i.key;
-  out["max_total_threads_per_threadgroup"] = i.max_total_threads_per_threadgroup;
-  out["static_threadgroup_memory"] = i.static_threadgroup_memory;
-  out["compile_seconds"] = i.compile_seconds;
-  out["cache"] = i.cache;
-  return out;
 }
 
 fa::Options options(const std::string& dtype, uint32_t block_q, uint32_t block_k, bool causal, float scale,
@@ -107,7 +97,7 @@ void init_flash_attention(nb::module_& m) {
         d["backend"] = r.backend;
         d["bytes_copied"] = r.dispatch.bytes_copied;
         d["buffers_copied"] = r.dispatch.buffers_copied;
-        d["pipeline"] = pipeline_dict(r.pipeline);
+        d["pipeline"] = aproto::bindings::to_dict(r.pipeline);
         return d;
       },
       "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert().none(),
@@ -128,7 +118,7 @@ void init_flash_attention(nb::module_& m) {
           nb::gil_scoped_release release;
           info = fa::pipeline_info(head_dim, write_lse, o);
         }
-        return pipeline_dict(info);
+        return aproto::bindings::to_dict(info);
       },
       "head_dim"_a, "dtype"_a, "block_q"_a, "block_k"_a, "causal"_a, "write_lse"_a, "backend"_a, "shader_dir"_a,
       "Facts of one flash attention pipeline (built on first use). On the host backend\n"

@@ -46,16 +46,8 @@ nb::dict device_dict(const aproto::DeviceInfo& d) {
 }
 
 nb::dict pipeline_dict(const BoundPipeline& p) {
-  const aproto::PipelineInfo& i = p.pipeline->info();
-  nb::dict out;
+  nb::dict out = aproto::bindings::to_dict(p.pipeline->info());
   out["backend"] = p.backend;
-  out["function"] = i.function;
-  out["key"] = i.key;
-  out["max_total_threads_per_threadgroup"] = i.max_total_threads_per_threadgroup;
-  out["thread_execution_width"] = i.thread_execution_width;
-  out["static_threadgroup_memory"] = i.static_threadgroup_memory;
-  out["compile_seconds"] = i.compile_seconds;
-  out["cache"] = i.cache;
   return out;
 }
 

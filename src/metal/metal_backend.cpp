@@ -36,6 +36,7 @@ constexpr bool kPrebuiltMetallibs = true;
 constexpr bool kPrebuiltMetallibs = false;
 #endif
 
+constexpr size_t kMaxInlineBytes = 4096;  // setBytes limit Apple recommends for one argument
 constexpr size_t kMaxBindings = 31;  // Metal's argument tables: [[buffer(0..30)]], [[threadgroup(0..30)]]
 
 using Clock = std::chrono::steady_clock;
@@ -344,14 +345,21 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
   // rounded up to whole pages: the OS maps memory in pages, so the tail of the last page is readable, and
   // attention_proto.memory pads its arrays so that tail belongs to the array. Otherwise (or if Metal
   // refuses the memory) the data goes through a shared buffer: copied in, and out again if writable.
+  // Small read-only arguments (params structs, scalars) go through setBytes, Metal's path for constant
+  // data up to 4 KB: no buffer object, and not counted as a copy.
   struct Bound {
     NS::SharedPtr<MTL::Buffer> buffer;
     bool copied = false;
+    bool inline_bytes = false;
   };
   std::vector<Bound> bound(buffers.size());
   for (size_t i = 0; i < buffers.size(); i++) {
     const BufferArg& arg = buffers[i];
     if (!arg.data || arg.nbytes == 0) continue;  // unbound slot (Metal cannot make empty buffers)
+    if (!arg.writable && arg.nbytes <= kMaxInlineBytes) {
+      bound[i].inline_bytes = true;
+      continue;
+    }
     if (reinterpret_cast<uintptr_t>(arg.data) % s_->page_size == 0) {
       MTL::Buffer* wrapped = s_->device->newBuffer(arg.data, round_up(arg.nbytes, s_->page_size),
                                                    MTL::ResourceStorageModeShared, nullptr);
@@ -375,8 +383,10 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
   if (!cmd) throw DispatchError("[metal] kernel '" + pinfo.function + "': cannot create a command buffer");
   MTL::ComputeCommandEncoder* enc = cmd->computeCommandEncoder();
   enc->setComputePipelineState(mp->state());
-  for (size_t i = 0; i < bound.size(); i++)
-    if (bound[i].buffer) enc->setBuffer(bound[i].buffer.get(), 0, i);
+  for (size_t i = 0; i < bound.size(); i++) {
+    if (bound[i].inline_bytes) enc->setBytes(buffers[i].data, buffers[i].nbytes, i);
+    else if (bound[i].buffer) enc->setBuffer(bound[i].buffer.get(), 0, i);
+  }
   for (const auto& [index, bytes] : args.threadgroup_memory)
     enc->setThreadgroupMemoryLength(round_up(bytes, 16), index);  // Metal wants multiples of 16 bytes
   enc->dispatchThreadgroups(MTL::Size(args.grid[0], args.grid[1], args.grid[2]),
