@@ -151,6 +151,26 @@ def test_divergent_simdgroup_barrier_is_reported(host_only: str) -> None:
         k(np.zeros(32, np.float32), grid=1, threadgroup=32, backend=host_only)
 
 
+def test_spin_wait_times_out_instead_of_hanging(host_only: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread 0 waits for thread 1's flag: fine on a GPU, endless for fibers that switch only at barriers."""
+    k = kernel("""
+        kernel void spin(device atomic_int* flag [[buffer(0)]], device float* out [[buffer(1)]],
+                         uint tid [[thread_index_in_threadgroup]]) {
+            if (tid == 0) {
+                while (atomic_load_explicit(flag, memory_order_relaxed) == 0) {}
+            }
+            if (tid == 1) atomic_store_explicit(flag, 1, memory_order_relaxed);
+            out[tid] = 1.0f;
+        }""", "spin")
+    monkeypatch.setenv("APROTO_HOST_TIMEOUT", "1")
+    with pytest.raises(ap.DeadlockError, match=r"kernel 'spin' did not finish within 1 s \(APROTO_HOST_TIMEOUT\): "
+                                               r"thread 0 .* was running, at no barrier"):
+        k(np.zeros(1, np.int32), np.zeros(2, np.float32), grid=1, threadgroup=2, backend=host_only)
+    out = np.zeros(2, np.float32)  # the dispatcher is healthy afterwards
+    k(np.ones(1, np.int32), out, grid=1, threadgroup=2, backend=host_only)
+    np.testing.assert_array_equal(out, 1.0)
+
+
 def test_threadgroup_memory_limit_names_kernel_and_bytes(host_only: str) -> None:
     k = kernel("""
         kernel void big(device float* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {

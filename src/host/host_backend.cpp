@@ -124,6 +124,7 @@ class HostBackend : public Backend {
     launch.workers = info_.compute_units;
     launch.stack_bytes = env_u64("APROTO_HOST_STACK_KB", 256) * 1024;
     launch.source_name = p.source_name();
+    launch.timeout_seconds = (double)env_u64("APROTO_HOST_TIMEOUT", 600);
     for (auto& [index, bytes] : args.threadgroup_memory) launch.threadgroup_args.push_back({index, bytes});
     for (uint32_t i = 0; i < k->n_threadgroup_args; i++) {
       bool given = args.threadgroup_memory.count(k->threadgroup_arg_indices[i]);
@@ -164,7 +165,8 @@ class HostBackend : public Backend {
     p.record_threadgroup_bytes(r.threadgroup_variable_bytes);
     switch (r.failure) {
       case host::Failure::None: break;
-      case host::Failure::Deadlock: throw DeadlockError("[host] " + r.message);
+      case host::Failure::Deadlock:
+      case host::Failure::Timeout: throw DeadlockError("[host] " + r.message);
       case host::Failure::Limit: throw LimitError("[host] " + r.message);
       case host::Failure::Fault:
         if (checked) throw OutOfBoundsError("[host] " + r.message);

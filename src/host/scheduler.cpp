@@ -12,15 +12,21 @@
 //    and call sites involved, instead of a hang.
 // A fault in kernel code (SIGSEGV/SIGBUS) or a stack overflow jumps back to the scheduler and fails
 // the dispatch with a message naming the buffer and offset, so the Python process survives.
+// A fiber switches only at barriers and SIMD operations, so a thread spinning on memory that another
+// thread would write (or an endless loop) never gives way: a watchdog interrupts a dispatch that runs
+// past its timeout with a signal and fails it, naming the thread that was running.
 #include "host/scheduler.hpp"
 
 #include "host/fiber.hpp"  // first: it adjusts _FORTIFY_SOURCE before any libc header
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -51,9 +57,15 @@ struct SimdGroup {
   uint32_t first = 0, count = 0;  // fibers [first, first + count)
 };
 
+// Shared by the workers of one dispatch and its watchdog.
+struct GridControl {
+  std::atomic<bool> timed_out{false};
+};
+
 // One OS thread's state: it runs threadgroups one after another.
 struct Worker {
   const GridLaunch* launch = nullptr;
+  const GridControl* control = nullptr;
   std::unique_ptr<StackSet> stacks;
   std::vector<Fiber> fibers;
   std::vector<SimdGroup> simd;
@@ -182,7 +194,8 @@ const aproto_runtime kRuntime = {APROTO_ABI_VERSION,      rt_current,          r
 // ---------------------------------------------------------------------------- faults
 std::mutex g_signal_mutex;
 int g_signal_users = 0;
-struct sigaction g_old_segv, g_old_bus;
+struct sigaction g_old_segv, g_old_bus, g_old_timeout;
+constexpr int kTimeoutSignal = SIGUSR2;
 
 void describe_fault(Worker& w, const void* addr, bool is_write, char* out, size_t n) {
   const char* access = is_write ? "write" : "access";
@@ -213,6 +226,26 @@ void describe_fault(Worker& w, const void* addr, bool is_write, char* out, size_
   }
 }
 
+std::string timeout_text(const Worker& w) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%.0f", w.launch->timeout_seconds);
+  return "kernel '" + std::string(w.launch->kernel->name) + "' did not finish within " + buf +
+         " s (APROTO_HOST_TIMEOUT): " + thread_text(w, *w.current) +
+         " was running, at no barrier: an endless loop, or a spin-wait on memory another thread writes "
+         "(the host runs a threadgroup's threads one at a time, switching only at barriers and SIMD "
+         "operations, so such a wait never ends here)";
+}
+
+// The watchdog's signal: leave the kernel code this worker is running.
+void on_timeout(int, siginfo_t*, void*) {
+  Worker* w = tl_worker;
+  if (!w || !w->in_kernel || !w->control->timed_out.load()) return;
+  w->failure = Failure::Timeout;
+  w->message = timeout_text(*w);
+  w->in_kernel = false;
+  _longjmp(w->scheduler, 1);
+}
+
 void on_fault(int sig, siginfo_t* info, void* uctx) {
   Worker* w = tl_worker;
   if (!w || !w->in_kernel) {  // not ours: hand it to whoever had the signal before
@@ -234,7 +267,8 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   _longjmp(w->scheduler, 1);
 }
 
-// Installed for the duration of dispatches (counted: concurrent dispatches share it).
+// Fault and timeout handlers, installed for the duration of dispatches (counted: concurrent
+// dispatches share them).
 struct FaultHandlerScope {
   FaultHandlerScope() {
     std::lock_guard<std::mutex> lock(g_signal_mutex);
@@ -246,6 +280,8 @@ struct FaultHandlerScope {
       sigemptyset(&sa.sa_mask);
       sigaction(SIGSEGV, &sa, &g_old_segv);
       sigaction(SIGBUS, &sa, &g_old_bus);
+      sa.sa_sigaction = on_timeout;
+      sigaction(kTimeoutSignal, &sa, &g_old_timeout);
     }
   }
   ~FaultHandlerScope() {
@@ -253,6 +289,7 @@ struct FaultHandlerScope {
     if (--g_signal_users == 0) {
       sigaction(SIGSEGV, &g_old_segv, nullptr);
       sigaction(SIGBUS, &g_old_bus, nullptr);
+      sigaction(kTimeoutSignal, &g_old_timeout, nullptr);
     }
   }
 };
@@ -429,6 +466,11 @@ bool run_group(Worker& w) {
     for (Fiber& f : w.fibers) {
       if (f.state != State::Runnable) continue;
       w.current = &f;
+      if (w.control->timed_out.load(std::memory_order_relaxed)) {
+        w.failure = Failure::Timeout;
+        w.message = timeout_text(w);
+        return false;
+      }
       fiber_resume(f.ctx, w.scheduler);
       if (w.failure != Failure::None) return false;
     }
@@ -456,11 +498,30 @@ GridResult run_grid(const GridLaunch& launch) {
   std::atomic<bool> failed{false};
   std::mutex result_mutex;
   GridResult result;
+  GridControl control;
   FaultHandlerScope faults;
+  // Workers register while they run, so the watchdog never signals a thread that has exited.
+  std::mutex watch_mutex;
+  std::condition_variable watch_cv;
+  std::vector<pthread_t> running;
+  bool finished = false;
 
   auto work = [&] {
+    {
+      std::lock_guard<std::mutex> lock(watch_mutex);
+      running.push_back(pthread_self());
+    }
+    struct Unregister {
+      std::mutex& m;
+      std::vector<pthread_t>& r;
+      ~Unregister() {
+        std::lock_guard<std::mutex> lock(m);
+        r.erase(std::find_if(r.begin(), r.end(), [](pthread_t t) { return pthread_equal(t, pthread_self()); }));
+      }
+    } unregister{watch_mutex, running};
     AltStack alt;
     Worker w;
+    w.control = &control;
     try {
       setup_worker(w, launch);
     } catch (const std::exception& e) {
@@ -487,10 +548,31 @@ GridResult run_grid(const GridLaunch& launch) {
     std::lock_guard<std::mutex> lock(result_mutex);
     result.threadgroup_variable_bytes = std::max(result.threadgroup_variable_bytes, w.max_variable_bytes);
   };
+  // The watchdog: past the timeout it flags the dispatch and keeps signalling the running workers
+  // until they have all left kernel code (a signal that lands outside kernel code is ignored).
+  std::thread watchdog;
+  if (launch.timeout_seconds > 0) {
+    watchdog = std::thread([&] {
+      std::unique_lock<std::mutex> lock(watch_mutex);
+      auto limit = std::chrono::duration<double>(launch.timeout_seconds);
+      if (watch_cv.wait_for(lock, limit, [&] { return finished; })) return;
+      control.timed_out = true;
+      while (!watch_cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return finished; }))
+        for (pthread_t t : running) pthread_kill(t, kTimeoutSignal);
+    });
+  }
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < workers; i++) threads.emplace_back(work);
   work();
   for (auto& t : threads) t.join();
+  if (watchdog.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(watch_mutex);
+      finished = true;
+    }
+    watch_cv.notify_all();
+    watchdog.join();
+  }
   return result;
 }
 

@@ -29,10 +29,11 @@ struct GridLaunch {
   uint64_t threadgroup_limit = 32768;
   unsigned workers = 0;                      // 0: one per core
   size_t stack_bytes = 256 * 1024;
+  double timeout_seconds = 0;                // > 0: a dispatch running longer fails instead of hanging
   std::string source_name;                   // for "file:line" in messages
 };
 
-enum class Failure { None, Deadlock, Limit, Fault, Kernel };
+enum class Failure { None, Deadlock, Timeout, Limit, Fault, Kernel };
 
 struct GridResult {
   Failure failure = Failure::None;
