@@ -81,7 +81,10 @@ struct Worker {
   std::string message;
 };
 
-thread_local Worker* tl_worker = nullptr;
+// initial-exec: kernels ask for their thread position on every SIMD and matrix operation, and the
+// default model for a dlopen'ed module pays a __tls_get_addr call each time (one pointer fits easily
+// in glibc's static-TLS reserve for dlopen'ed modules).
+thread_local Worker* tl_worker __attribute__((tls_model("initial-exec"))) = nullptr;
 
 std::string site_text(const Worker& w, uint32_t site) {
   return w.launch->source_name + ":" + std::to_string(site >> 12);

@@ -347,21 +347,31 @@ inline bool simd_is_first(APROTO_SITE) {
 }
 
 // ---- simdgroup_matrix<T, 8, 8>
-// Every lane keeps the whole 8x8 tile: loads, stores and multiplies are computed redundantly per lane,
-// so they need no rendezvous. thread_elements() hands the lane its 2 elements in Apple's layout; after
-// a lane writes them the copies differ, and the next whole-matrix operation first gathers the 32x2
-// owned elements from all lanes (one rendezvous that every lane must join).
+// Every lane keeps its own copy of the 8x8 tile, in one of two states:
+//  - whole: all 64 elements are current (after a load, make_filled, a gather);
+//  - lane-only: only the lane's 2 elements in Apple's layout are current (after a multiply, which each
+//    lane computes for its own elements only, or after thread_elements() handed them out for writing).
+// A whole-matrix use of a lane-only matrix (an A or B operand, a store) first gathers the 32x2 owned
+// elements from all lanes: one rendezvous that every lane of the SIMD-group must join, as on the GPU.
+// The accumulator of a multiply needs only the lane's own elements, so a chain of multiply-accumulates
+// runs without any rendezvous and each lane does 1/32 of the arithmetic.
 inline void sg_matrix_coord(uint32_t lane, int& row, int& col) {
   int quad = (int)lane / 4;
   row = (quad & 4) + ((int)lane / 2) % 4;
   col = (quad & 2) * 2 + ((int)lane % 2) * 2;
 }
+// True when the lane's SIMD-group has all 32 lanes (a partial one computes whole matrices, since
+// missing lanes cannot supply their elements).
+inline bool simdgroup_is_full(const aproto_thread_pos& p) {
+  uint32_t threads = p.threads_per_threadgroup[0] * p.threads_per_threadgroup[1] * p.threads_per_threadgroup[2];
+  return threads - p.simdgroup_index_in_threadgroup[0] * APROTO_SIMD_WIDTH >= APROTO_SIMD_WIDTH;
+}
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
   static_assert(Cols == 8 && Rows == 8, "the host backend emulates 8x8 simdgroup matrices only");
-  // mutable: gathering makes the lane copies agree without changing the matrix's value, so it may run
-  // on the operands (taken by const reference) in place, once, instead of on a copy at every use.
+  // mutable: gathering makes the lane's copy whole without changing the matrix's value, so it runs on
+  // operands (taken by const reference) in place, once, instead of on a copy at every use.
   mutable T m[64];
-  mutable bool lane_modified = false;
+  mutable bool lane_only = false;
   simdgroup_matrix() = default;
   explicit simdgroup_matrix(T diagonal) {
     for (int i = 0; i < 64; i++) m[i] = (i % 9 == 0) ? diagonal : T(0);
@@ -369,18 +379,18 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
   vec<T, 2>& thread_elements() {
     int r, c;
     sg_matrix_coord(aproto_rt::lane(), r, c);
-    lane_modified = true;
+    lane_only = true;
     return *reinterpret_cast<vec<T, 2>*>(&m[r * 8 + c]);
   }
   void gather(uint32_t site) const {
-    if (!lane_modified) return;
+    if (!lane_only) return;
     int r, c;
     sg_matrix_coord(aproto_rt::lane(), r, c);
     vec<T, 2> mine;
     mine[0] = m[r * 8 + c];
     mine[1] = m[r * 8 + c + 1];
     uint32_t mask;
-    const unsigned char* d = aproto_rt::exchange(mine, mask, site, APROTO_SIMD_ALL_LANES, "simdgroup_matrix (after thread_elements)");
+    const unsigned char* d = aproto_rt::exchange(mine, mask, site, APROTO_SIMD_ALL_LANES, "simdgroup_matrix gather");
     for (uint32_t l = 0; l < APROTO_SIMD_WIDTH; l++) {
       if (!(mask >> l & 1)) continue;
       sg_matrix_coord(l, r, c);
@@ -388,7 +398,7 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
       m[r * 8 + c] = e[0];
       m[r * 8 + c + 1] = e[1];
     }
-    lane_modified = false;
+    lane_only = false;
   }
 };
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
@@ -408,24 +418,40 @@ inline void simdgroup_load(simdgroup_matrix<T, 8, 8>& d, const P* src, ulong ele
   for (int r = 0; r < 8; r++)
     for (int c = 0; c < 8; c++)
       d.m[r * 8 + c] = (T)(transpose ? src[c * elements_per_row + r] : src[r * elements_per_row + c]);
-  d.lane_modified = false;
+  d.lane_only = false;
 }
 template <class T, class P>
-inline void simdgroup_store(const simdgroup_matrix<T, 8, 8>& s, P* dst, ulong elements_per_row = 8, ulong2 origin = 0,
-                            bool transpose = false, APROTO_SITE) {
+inline void simdgroup_store(const simdgroup_matrix<T, 8, 8>& s, P* dst, ulong elements_per_row = 8,
+                            ulong2 origin = 0, bool transpose = false, APROTO_SITE) {
   s.gather(__site);
   dst += origin.y * elements_per_row + origin.x;
   for (int r = 0; r < 8; r++)
     for (int c = 0; c < 8; c++)
       (transpose ? dst[c * elements_per_row + r] : dst[r * elements_per_row + c]) = (P)s.m[r * 8 + c];
 }
-// d = a * b + c, accumulated in float.
+// d = a * b + c, accumulated in float. Each lane computes its own two elements of d (row r, columns
+// col and col + 1), which need row r of a, two columns of b and its own elements of c.
 template <class TD, class TA, class TB, class TC>
 inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_matrix<TA, 8, 8>& a,
                                           const simdgroup_matrix<TB, 8, 8>& b, const simdgroup_matrix<TC, 8, 8>& c,
                                           APROTO_SITE) {
   a.gather(__site);
   b.gather(__site);
+  const aproto_thread_pos& pos = aproto_rt::pos();
+  if (simdgroup_is_full(pos)) {
+    int r, col;
+    sg_matrix_coord(pos.thread_index_in_simdgroup[0], r, col);
+    float e0 = (float)c.m[r * 8 + col], e1 = (float)c.m[r * 8 + col + 1];
+    for (int k = 0; k < 8; k++) {
+      const float x = (float)a.m[r * 8 + k];
+      e0 = __builtin_fmaf(x, (float)b.m[k * 8 + col], e0);
+      e1 = __builtin_fmaf(x, (float)b.m[k * 8 + col + 1], e1);
+    }
+    d.m[r * 8 + col] = (TD)e0;
+    d.m[r * 8 + col + 1] = (TD)e1;
+    d.lane_only = true;
+    return;
+  }
   c.gather(__site);
   float fa[64], fb[64], acc[64];
   for (int i = 0; i < 64; i++) { fa[i] = (float)a.m[i]; fb[i] = (float)b.m[i]; acc[i] = (float)c.m[i]; }
@@ -433,7 +459,7 @@ inline void simdgroup_multiply_accumulate(simdgroup_matrix<TD, 8, 8>& d, const s
     for (int k = 0; k < 8; k++)
       for (int j = 0; j < 8; j++) acc[i * 8 + j] = __builtin_fmaf(fa[i * 8 + k], fb[k * 8 + j], acc[i * 8 + j]);
   for (int i = 0; i < 64; i++) d.m[i] = (TD)acc[i];
-  d.lane_modified = false;
+  d.lane_only = false;
 }
 template <class TD, class TA, class TB>
 inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_matrix<TA, 8, 8>& a,
