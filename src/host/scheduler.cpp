@@ -311,6 +311,52 @@ struct AltStack {
   ~AltStack() { sigaltstack(&old, nullptr); }
 };
 
+// Past its timeout, flags the dispatch and keeps signalling the enrolled workers until it is
+// destroyed; a worker leaves kernel code on the signal (on_timeout), a signal outside kernel code is
+// ignored. Workers enrol while they run, so no exited thread is ever signalled.
+class Watchdog {
+ public:
+  Watchdog(double seconds, GridControl& control) {
+    if (seconds <= 0) return;
+    thread_ = std::thread([this, seconds, &control] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stopped_; })) return;
+      control.timed_out = true;
+      while (!cv_.wait_for(lock, std::chrono::milliseconds(50), [this] { return stopped_; }))
+        for (pthread_t t : enrolled_) pthread_kill(t, kTimeoutSignal);
+    });
+  }
+  ~Watchdog() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopped_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // The calling thread is a target while this lives.
+  struct Enrolment {
+    explicit Enrolment(Watchdog& w) : w_(w) {
+      std::lock_guard<std::mutex> lock(w_.mutex_);
+      w_.enrolled_.push_back(pthread_self());
+    }
+    ~Enrolment() {
+      std::lock_guard<std::mutex> lock(w_.mutex_);
+      auto& e = w_.enrolled_;
+      e.erase(std::find_if(e.begin(), e.end(), [](pthread_t t) { return pthread_equal(t, pthread_self()); }));
+    }
+    Watchdog& w_;
+  };
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<pthread_t> enrolled_;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
 // ---------------------------------------------------------------------------- one threadgroup
 void fiber_entry() {
   Worker& w = *tl_worker;
@@ -503,25 +549,10 @@ GridResult run_grid(const GridLaunch& launch) {
   GridResult result;
   GridControl control;
   FaultHandlerScope faults;
-  // Workers register while they run, so the watchdog never signals a thread that has exited.
-  std::mutex watch_mutex;
-  std::condition_variable watch_cv;
-  std::vector<pthread_t> running;
-  bool finished = false;
+  Watchdog watchdog(launch.timeout_seconds, control);
 
   auto work = [&] {
-    {
-      std::lock_guard<std::mutex> lock(watch_mutex);
-      running.push_back(pthread_self());
-    }
-    struct Unregister {
-      std::mutex& m;
-      std::vector<pthread_t>& r;
-      ~Unregister() {
-        std::lock_guard<std::mutex> lock(m);
-        r.erase(std::find_if(r.begin(), r.end(), [](pthread_t t) { return pthread_equal(t, pthread_self()); }));
-      }
-    } unregister{watch_mutex, running};
+    Watchdog::Enrolment enrolled(watchdog);
     AltStack alt;
     Worker w;
     w.control = &control;
@@ -551,31 +582,10 @@ GridResult run_grid(const GridLaunch& launch) {
     std::lock_guard<std::mutex> lock(result_mutex);
     result.threadgroup_variable_bytes = std::max(result.threadgroup_variable_bytes, w.max_variable_bytes);
   };
-  // The watchdog: past the timeout it flags the dispatch and keeps signalling the running workers
-  // until they have all left kernel code (a signal that lands outside kernel code is ignored).
-  std::thread watchdog;
-  if (launch.timeout_seconds > 0) {
-    watchdog = std::thread([&] {
-      std::unique_lock<std::mutex> lock(watch_mutex);
-      auto limit = std::chrono::duration<double>(launch.timeout_seconds);
-      if (watch_cv.wait_for(lock, limit, [&] { return finished; })) return;
-      control.timed_out = true;
-      while (!watch_cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return finished; }))
-        for (pthread_t t : running) pthread_kill(t, kTimeoutSignal);
-    });
-  }
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < workers; i++) threads.emplace_back(work);
   work();
   for (auto& t : threads) t.join();
-  if (watchdog.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(watch_mutex);
-      finished = true;
-    }
-    watch_cv.notify_all();
-    watchdog.join();
-  }
   return result;
 }
 
