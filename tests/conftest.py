@@ -1,10 +1,21 @@
 """Shared fixtures: the backends to run on and fresh random inputs."""
 from __future__ import annotations
 
+import os
+import secrets
+import zlib
+
 import numpy as np
 import pytest
 
 import attention_proto as ap
+
+# Fresh inputs every session; APROTO_TEST_SEED=<n> replays a session (the header line prints it).
+SESSION_SEED = int(os.environ.get("APROTO_TEST_SEED") or secrets.randbits(32))
+
+
+def pytest_report_header() -> str:
+    return f"attention_proto: backends {ap.backends()}, random inputs from APROTO_TEST_SEED={SESSION_SEED}"
 
 
 @pytest.fixture(params=ap.backends())
@@ -21,5 +32,5 @@ def host_only() -> str:
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A generator seeded from the test's name: fresh values per test, reproducible per test."""
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % (2**32))
+    """A generator for this test: fresh per session, replayable with the session's APROTO_TEST_SEED."""
+    return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])

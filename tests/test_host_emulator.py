@@ -232,6 +232,20 @@ def test_checked_mode_reports_buffer_and_offset(host_only: str, shift: int, writ
     np.testing.assert_array_equal(y, x)  # in bounds: results are copied back
 
 
+def test_checked_mode_keeps_aliased_slots_aliased(host_only: str) -> None:
+    """Two [[buffer]] slots over one array: the second slot sees what the kernel wrote through the first."""
+    k = kernel("""
+        kernel void alias(device float* a [[buffer(0)]], device float* b [[buffer(1)]],
+                          uint i [[thread_position_in_grid]]) {
+            a[i] = float(i) + 1.0f;
+            threadgroup_barrier(mem_flags::mem_device);
+            b[(i + 1) % 8] += 10.0f * a[(i + 1) % 8];
+        }""", "alias")
+    x = np.zeros(8, np.float32)
+    k(x, x, grid=1, threadgroup=8, backend=host_only, checked=True)
+    np.testing.assert_array_equal(x, 11.0 * (np.arange(8) + 1))
+
+
 def test_checked_mode_from_environment(host_only: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import numpy as np, attention_proto as ap

@@ -55,8 +55,7 @@ def test_zeros_are_zeros(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("shape", [(1,), (7, 33), (2, 4, 100, 64)])
-def test_aligned_copies_values(shape, dtype):
-    rng = np.random.default_rng(7)
+def test_aligned_copies_values(shape, dtype, rng):
     src = rng.standard_normal(shape).astype(dtype)
     out = memory.aligned(src)
     assert memory.is_page_aligned(out)

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -134,7 +135,10 @@ class HostBackend : public Backend {
     }
 
     const bool checked = args.checked || env_flag("APROTO_CHECKED");
-    std::vector<std::unique_ptr<host::GuardedBuffer>> guarded(buffers.size());
+    // Checked mode runs each array from a guarded copy; slots bound to the same array share one, so
+    // a write through one slot is seen through the other, as on the GPU.
+    std::map<std::pair<void*, size_t>, std::shared_ptr<host::GuardedBuffer>> copies;
+    std::vector<std::shared_ptr<host::GuardedBuffer>> guarded(buffers.size());
     launch.buffers.assign(buffers.size(), nullptr);
     for (uint32_t i = 0; i < k->n_buffers; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
@@ -149,8 +153,10 @@ class HostBackend : public Backend {
       if (!b.readonly && !a.writable)
         throw DispatchError(who + ": " + what + " is writable in the kernel but the array passed is read-only");
       if (checked) {
-        guarded[b.index] = std::make_unique<host::GuardedBuffer>(a.data, a.nbytes);
-        launch.buffers[b.index] = guarded[b.index]->data();
+        auto& copy = copies[{a.data, a.nbytes}];
+        if (!copy) copy = std::make_shared<host::GuardedBuffer>(a.data, a.nbytes);
+        guarded[b.index] = copy;
+        launch.buffers[b.index] = copy->data();
       } else {
         launch.buffers[b.index] = a.data;
       }
@@ -182,7 +188,7 @@ class HostBackend : public Backend {
       }
       for (uint32_t i = 0; i < k->n_buffers; i++) {
         const aproto_buffer_desc& b = k->buffers[i];
-        if (!b.readonly) guarded[b.index]->copy_back(buffers[b.index].data);
+        if (!b.readonly) guarded[b.index]->copy_back(buffers[b.index].data);  // shared copies: same bytes
       }
     }
     return out;
