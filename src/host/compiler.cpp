@@ -115,8 +115,12 @@ Toolchain find_toolchain() {
   t.identity = out;
   if (t.description.empty()) t.description = first_line(out);
   t.flags = {"-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti",
-             "-fno-threadsafe-statics", "-fstack-clash-protection", "-fno-math-errno", "-ffp-contract=fast", "-Wno-unknown-attributes",
+             "-fno-threadsafe-statics", "-fno-math-errno", "-ffp-contract=fast", "-Wno-unknown-attributes",
              "-Wno-ignored-attributes", "-Wno-unused-value", "-Wno-deprecated-declarations"};
+#if defined(__linux__)
+  // Large stack frames probe every page, so a fiber overflowing its stack hits the guard page.
+  t.flags.push_back("-fstack-clash-protection");
+#endif
 #if defined(__x86_64__)
   if (t.link.empty()) t.flags.push_back("-march=native");  // zig targets the native CPU by default
 #endif

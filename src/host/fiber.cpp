@@ -8,7 +8,7 @@
 
 namespace aproto::host {
 
-StackSet::StackSet(size_t count, size_t stack_bytes) : count_(count) {
+StackSet::StackSet(size_t count, size_t stack_bytes) {
   guard_ = (size_t)sysconf(_SC_PAGESIZE);
   stack_bytes_ = (stack_bytes + guard_ - 1) / guard_ * guard_;
   map_bytes_ = count * (stack_bytes_ + guard_);
@@ -26,6 +26,9 @@ bool StackSet::in_guard(const void* addr) const {
   return (size_t)(a - base_) % (stack_bytes_ + guard_) < guard_;
 }
 
+// macOS marks the ucontext calls deprecated but keeps them working; only makecontext can start a
+// function on a stack of our own without assembly.
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
 void fiber_prepare(FiberContext& f, char* stack, size_t stack_bytes, void (*entry)()) {
   getcontext(&f.start);
   f.start.uc_stack.ss_sp = stack;

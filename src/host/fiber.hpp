@@ -32,7 +32,7 @@ class StackSet {
 
  private:
   char* base_ = nullptr;
-  size_t count_, stack_bytes_, guard_, map_bytes_;
+  size_t stack_bytes_, guard_, map_bytes_;
 };
 
 struct FiberContext {
