@@ -8,7 +8,7 @@
 
 namespace aproto::host {
 
-StackSet::StackSet(size_t count, size_t stack_bytes) {
+StackSet::StackSet(size_t count, size_t stack_bytes) : count_(count) {
   guard_ = (size_t)sysconf(_SC_PAGESIZE);
   stack_bytes_ = (stack_bytes + guard_ - 1) / guard_ * guard_;
   map_bytes_ = count * (stack_bytes_ + guard_);
@@ -29,6 +29,33 @@ bool StackSet::in_guard(const void* addr) const {
 // macOS marks the ucontext calls deprecated but keeps them working; only makecontext can start a
 // function on a stack of our own without assembly.
 #pragma clang diagnostic ignored "-Wdeprecated-declarations"
+namespace {
+std::mutex g_pool_mutex;
+std::vector<std::unique_ptr<StackSet>> g_pool;
+constexpr size_t kPoolSize = 8;  // two per core on a big machine is plenty; each is address space only
+}  // namespace
+
+std::unique_ptr<StackSet> StackSet::acquire(size_t count, size_t stack_bytes) {
+  {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    for (auto it = g_pool.begin(); it != g_pool.end(); ++it) {
+      if ((*it)->count() >= count && (*it)->stack_bytes() == stack_bytes) {
+        std::unique_ptr<StackSet> set = std::move(*it);
+        g_pool.erase(it);
+        return set;
+      }
+    }
+  }
+  return std::make_unique<StackSet>(count, stack_bytes);
+}
+
+void StackSet::release(std::unique_ptr<StackSet> set) {
+  if (!set) return;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (g_pool.size() >= kPoolSize) g_pool.erase(g_pool.begin());  // drop the oldest
+  g_pool.push_back(std::move(set));
+}
+
 void fiber_prepare(FiberContext& f, char* stack, size_t stack_bytes, void (*entry)()) {
   getcontext(&f.start);
   f.start.uc_stack.ss_sp = stack;

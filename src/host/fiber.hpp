@@ -13,12 +13,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace aproto::host {
 
 // Stacks for `count` fibers in one mapping, each below a PROT_NONE guard page, so an overflow faults
-// at once instead of corrupting a neighbour. Mappings are pooled: dispatches reuse them.
+// at once instead of corrupting a neighbour.
 class StackSet {
  public:
   StackSet(size_t count, size_t stack_bytes);
@@ -26,13 +27,20 @@ class StackSet {
   StackSet(const StackSet&) = delete;
   StackSet& operator=(const StackSet&) = delete;
   char* stack(size_t i) const { return base_ + i * (stack_bytes_ + guard_) + guard_; }
+  size_t count() const { return count_; }
   size_t stack_bytes() const { return stack_bytes_; }
   // True when `addr` falls in one of the guard pages (a fiber overflowed its stack).
   bool in_guard(const void* addr) const;
 
+  // A set of at least `count` stacks of `stack_bytes`, reused from earlier dispatches when one is
+  // free: mapping, guarding and first-touching fresh stacks costs more than small kernels run.
+  static std::unique_ptr<StackSet> acquire(size_t count, size_t stack_bytes);
+  // Returns a set to the pool (which keeps a few).
+  static void release(std::unique_ptr<StackSet> set);
+
  private:
   char* base_ = nullptr;
-  size_t stack_bytes_, guard_, map_bytes_;
+  size_t count_, stack_bytes_, guard_, map_bytes_;
 };
 
 struct FiberContext {

@@ -371,7 +371,7 @@ void fiber_entry() {
 void setup_worker(Worker& w, const GridLaunch& launch) {
   w.launch = &launch;
   uint32_t n = launch.threadgroup[0] * launch.threadgroup[1] * launch.threadgroup[2];
-  w.stacks = std::make_unique<StackSet>(n, launch.stack_bytes);
+  w.stacks = StackSet::acquire(n, launch.stack_bytes);
   w.fibers.assign(n, Fiber{});
   uint32_t nsg = (n + kSimd - 1) / kSimd;
   w.simd.assign(nsg, SimdGroup{});
@@ -579,6 +579,8 @@ GridResult run_grid(const GridLaunch& launch) {
       }
     }
     tl_worker = nullptr;
+    // A failed group's fibers are abandoned mid-flight; their stacks hold nothing that needs unwinding.
+    StackSet::release(std::move(w.stacks));
     std::lock_guard<std::mutex> lock(result_mutex);
     result.threadgroup_variable_bytes = std::max(result.threadgroup_variable_bytes, w.max_variable_bytes);
   };
