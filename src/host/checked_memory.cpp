@@ -12,7 +12,7 @@ namespace {
 constexpr unsigned char kCanary = 0xFF;  // also NaN for float/half/bfloat reads
 }
 
-GuardedBuffer::GuardedBuffer(const void* source, size_t bytes) : bytes_(bytes) {
+GuardedBuffer::GuardedBuffer(const void* source, size_t bytes, size_t align) : bytes_(bytes) {
   const size_t page = (size_t)sysconf(_SC_PAGESIZE);
   const size_t data_pages = (bytes + page - 1) / page;
   map_bytes_ = (data_pages + 2) * page;
@@ -21,8 +21,9 @@ GuardedBuffer::GuardedBuffer(const void* source, size_t bytes) : bytes_(bytes) {
   map_ = static_cast<char*>(p);
   mprotect(map_, page, PROT_NONE);
   mprotect(map_ + (data_pages + 1) * page, page, PROT_NONE);
-  data_ = map_ + (data_pages + 1) * page - bytes;
-  slack_ = data_pages * page - bytes;
+  char* end = map_ + (data_pages + 1) * page;
+  data_ = (char*)((uintptr_t)(end - bytes) & ~(uintptr_t)(align - 1));
+  slack_ = (size_t)(data_ - (map_ + page));
   std::memset(data_ - slack_, kCanary, slack_);
   if (bytes) std::memcpy(data_, source, bytes);
 }

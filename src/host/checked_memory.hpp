@@ -1,8 +1,9 @@
-// Checked mode: each device buffer is run from a private copy that ends exactly at a PROT_NONE page,
-// with another guard page before it. Any access past the end faults at its first byte (and becomes an
-// OutOfBoundsError naming buffer and offset). The slack between the leading guard page and the start
-// of the data is filled with a canary that is checked afterwards, so writes just before the start are
-// reported too; reads there return NaN-poison.
+// Checked mode: each device buffer is run from a private copy that ends at a PROT_NONE page (exactly,
+// when its size is a multiple of its alignment), with another guard page before it. An access past the
+// end faults (and becomes an OutOfBoundsError naming buffer and offset). The slack between the leading
+// guard page and the start of the data is filled with a 0xFF canary that is checked afterwards, so
+// writes just before the start are reported too, unless they write 0xFF bytes; reads there return
+// NaN-poison rather than faulting. Misaligned arrays run from such a copy as well.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,7 +13,9 @@ namespace aproto::host {
 
 class GuardedBuffer {
  public:
-  GuardedBuffer(const void* source, size_t bytes);
+  // A copy of `bytes` bytes whose start is a multiple of `align` (at most that many bytes short of
+  // the guard page).
+  GuardedBuffer(const void* source, size_t bytes, size_t align);
   ~GuardedBuffer();
   GuardedBuffer(const GuardedBuffer&) = delete;
   GuardedBuffer& operator=(const GuardedBuffer&) = delete;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -115,7 +116,10 @@ Toolchain find_toolchain() {
   t.identity = out;
   if (t.description.empty()) t.description = first_line(out);
   t.flags = {"-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti",
-             "-fno-threadsafe-statics", "-fno-math-errno", "-ffp-contract=fast", "-Wno-unknown-attributes",
+             "-fno-threadsafe-statics", "-fno-math-errno",
+             // MSL has no variable-length arrays; an array sized by a function constant must fail here
+             // as it does in Metal, not become a clang extension.
+             "-Werror=vla", "-Werror=vla-extension", "-ffp-contract=fast", "-Wno-unknown-attributes",
              "-Wno-ignored-attributes", "-Wno-unused-value", "-Wno-deprecated-declarations"};
 #if defined(__linux__)
   // Large stack frames probe every page, so a fiber overflowing its stack hits the guard page.
@@ -152,6 +156,25 @@ const std::string& headers_identity() {
       for (const auto& n : names) all += n + "\n" + read_all(g_config.include_dir + "/" + n);
     }
     return content_hash(all);
+  }();
+  return id;
+}
+
+// The CPU the kernels are built for (they use its instruction set): part of the cache key, so a
+// cache shared between machines never loads code the CPU cannot run.
+const std::string& cpu_identity() {
+  static std::string id = [] {
+    std::string text;
+#if defined(__linux__)
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("model name", 0) == 0 || line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0) {
+        text += line + "\n";
+        if (text.size() > 4096) break;
+      }
+#endif
+    return content_hash(text);
   }();
   return id;
 }
@@ -197,9 +220,10 @@ CompiledKernel compile_kernel(const std::string& cpp, const std::string& functio
     t = toolchain();
     header_id = headers_identity();
   }
-  std::string flags_text;
-  for (const auto& f : t.flags) flags_text += f + " ";
-  const std::string key = content_hash(cpp + "\n" + t.identity + flags_text + header_id + "abi" +
+  std::string tools_text;  // everything that shapes the binary: compiler and linker command lines, flags
+  for (const auto& part : {t.cxx, t.link, t.flags})
+    for (const auto& word : part) tools_text += word + " ";
+  const std::string key = content_hash(cpp + "\n" + t.identity + tools_text + header_id + cpu_identity() + "abi" +
                                        std::to_string(APROTO_ABI_VERSION));
   const std::string dir = cache_directory();
   const std::string stem = dir + "/" + function + "-" + key;
@@ -210,8 +234,9 @@ CompiledKernel compile_kernel(const std::string& cpp, const std::string& functio
     out.from_disk_cache = true;
   } else {
     make_dirs(dir);
-    const std::string tmp = stem + ".tmp" + std::to_string(getpid());
-    const std::string source = stem + ".cpp";
+    static std::atomic<uint64_t> counter{0};  // several threads of one process may build at once
+    const std::string tmp = stem + ".tmp" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    const std::string source = tmp + ".cpp";
     { std::ofstream(source, std::ios::binary) << cpp; }
     auto start = std::chrono::steady_clock::now();
     std::vector<std::string> argv = t.cxx;
@@ -236,9 +261,19 @@ CompiledKernel compile_kernel(const std::string& cpp, const std::string& functio
     }
     if (status != 0) {
       unlink(tmp.c_str());
+      const std::string kept = stem + ".cpp";
+      rename(source.c_str(), kept.c_str());
+      std::string hint;
+      if (output.find("variable length array") != std::string::npos ||
+          output.find("not an integral constant expression") != std::string::npos ||
+          output.find("is not a constant expression") != std::string::npos)
+        hint = "note: in MSL a function constant, or a constant computed from one, cannot size an array (Metal "
+               "compiles the library before the values exist): size arrays with literal maxima, or pass "
+               "threadgroup memory as a [[threadgroup(n)]] argument\n";
       throw CompileError("[host] kernel '" + function + "' failed to compile with " + t.description +
-                         " (translated source: " + source + "):\n" + tail_lines(output, 40));
+                         " (translated source: " + kept + "):\n" + tail_lines(output, 40) + hint);
     }
+    rename(source.c_str(), (stem + ".cpp").c_str());  // kept next to the library, for reading
     rename(tmp.c_str(), so.c_str());  // atomic: concurrent builders of the same key agree
     out.compile_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }

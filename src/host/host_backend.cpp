@@ -99,7 +99,10 @@ class HostBackend : public Backend {
     PipelineInfo info;
     info.function = function;
     info.key = pipeline_key(function, constants);
-    info.max_total_threads_per_threadgroup = info_.max_threads_per_threadgroup;
+    info.max_total_threads_per_threadgroup =
+        compiled.desc->max_total_threads_per_threadgroup
+            ? std::min(compiled.desc->max_total_threads_per_threadgroup, info_.max_threads_per_threadgroup)
+            : info_.max_threads_per_threadgroup;
     info.thread_execution_width = APROTO_SIMD_WIDTH;
     info.compile_seconds = compiled.compile_seconds;
     info.cache = compiled.from_disk_cache ? "disk" : "compiled";
@@ -135,10 +138,12 @@ class HostBackend : public Backend {
     }
 
     const bool checked = args.checked || env_flag("APROTO_CHECKED");
-    // Checked mode runs each array from a guarded copy; slots bound to the same array share one, so
-    // a write through one slot is seen through the other, as on the GPU.
+    // A buffer runs from a copy in checked mode (a guarded one) or when its address is not aligned for
+    // the kernel's pointer type (Metal copies such memory too; both count it). Slots bound to the same
+    // array share one copy, so a write through one slot is seen through the other, as on the GPU.
     std::map<std::pair<void*, size_t>, std::shared_ptr<host::GuardedBuffer>> copies;
-    std::vector<std::shared_ptr<host::GuardedBuffer>> guarded(buffers.size());
+    std::vector<std::shared_ptr<host::GuardedBuffer>> staged(buffers.size());
+    DispatchResult out;
     launch.buffers.assign(buffers.size(), nullptr);
     for (uint32_t i = 0; i < k->n_buffers; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
@@ -152,10 +157,17 @@ class HostBackend : public Backend {
                             std::to_string(a.nbytes));
       if (!b.readonly && !a.writable)
         throw DispatchError(who + ": " + what + " is writable in the kernel but the array passed is read-only");
-      if (checked) {
+      const bool misaligned = (uintptr_t)a.data % b.align != 0;
+      if (checked || misaligned) {
         auto& copy = copies[{a.data, a.nbytes}];
-        if (!copy) copy = std::make_shared<host::GuardedBuffer>(a.data, a.nbytes);
-        guarded[b.index] = copy;
+        if (!copy) {
+          copy = std::make_shared<host::GuardedBuffer>(a.data, a.nbytes, std::max<uint64_t>(b.align, 16));
+          if (misaligned) {
+            out.buffers_copied++;
+            out.bytes_copied += a.nbytes * (b.readonly ? 1 : 2);
+          }
+        }
+        staged[b.index] = copy;
         launch.buffers[b.index] = copy->data();
       } else {
         launch.buffers[b.index] = a.data;
@@ -165,7 +177,6 @@ class HostBackend : public Backend {
 
     auto start = std::chrono::steady_clock::now();
     host::GridResult r = host::run_grid(launch);
-    DispatchResult out;
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     out.timer = "wall";
     p.record_threadgroup_bytes(r.threadgroup_variable_bytes);
@@ -176,20 +187,19 @@ class HostBackend : public Backend {
       case host::Failure::Limit: throw LimitError("[host] " + r.message);
       case host::Failure::Fault:
         if (checked) throw OutOfBoundsError("[host] " + r.message);
+        if (r.message.find("stack overflow") != std::string::npos) throw DispatchError("[host] " + r.message);
         throw DispatchError("[host] " + r.message + " (run with checked=True or APROTO_CHECKED=1 for exact bounds)");
       case host::Failure::Kernel: throw DispatchError("[host] " + r.message);
     }
-    if (checked) {
-      for (uint32_t i = 0; i < k->n_buffers; i++) {
-        const aproto_buffer_desc& b = k->buffers[i];
-        if (size_t under = guarded[b.index]->underrun_bytes())
-          throw OutOfBoundsError(who + ": out-of-bounds write before the start of buffer " + std::to_string(b.index) +
-                                 " ('" + b.name + "'), " + std::to_string(under) + " bytes before offset 0");
-      }
-      for (uint32_t i = 0; i < k->n_buffers; i++) {
-        const aproto_buffer_desc& b = k->buffers[i];
-        if (!b.readonly) guarded[b.index]->copy_back(buffers[b.index].data);  // shared copies: same bytes
-      }
+    for (uint32_t i = 0; i < k->n_buffers && checked; i++) {
+      const aproto_buffer_desc& b = k->buffers[i];
+      if (size_t under = staged[b.index]->underrun_bytes())
+        throw OutOfBoundsError(who + ": out-of-bounds write before the start of buffer " + std::to_string(b.index) +
+                               " ('" + b.name + "'), " + std::to_string(under) + " bytes before offset 0");
+    }
+    for (uint32_t i = 0; i < k->n_buffers; i++) {
+      const aproto_buffer_desc& b = k->buffers[i];
+      if (staged[b.index] && !b.readonly) staged[b.index]->copy_back(buffers[b.index].data);  // shared: same bytes
     }
     return out;
   }

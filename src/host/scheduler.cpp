@@ -3,9 +3,11 @@
 // Execution model. Every GPU thread of a threadgroup is a fiber; the scheduler resumes each runnable
 // fiber in turn and it runs until it parks (at a barrier or a SIMD operation) or returns. Once every
 // fiber is parked, the scheduler settles one rendezvous and repeats:
-//  - SIMD operations first: in each SIMD-group, the lanes parked at the same call site as the lowest
-//    waiting lane form the active set, exactly the lanes that would execute that instruction together
-//    on the GPU (lanes elsewhere or finished are inactive). Operations that need every lane
+//  - SIMD operations first: in each SIMD-group, the lanes parked at the earliest waiting call site (in
+//    source order) form the active set, the lanes that would execute that instruction together on the
+//    GPU (lanes elsewhere or finished are inactive); settling the earliest site first lets lanes that
+//    loop longer catch up before the others' code after the loop runs. A limit: calls of one helper
+//    function from two divergent branches share the helper's call site and are settled together. Operations that need every lane
 //    (simdgroup_barrier, simdgroup_matrix gathers) fail if the active set is not the whole SIMD-group.
 //  - Threadgroup barriers last: they open only when every thread waits at the same barrier. A thread
 //    that returned, or waits at another barrier, makes the group a deadlock, reported with the threads
@@ -39,6 +41,9 @@ namespace aproto::host {
 namespace {
 
 constexpr uint32_t kSimd = APROTO_SIMD_WIDTH;
+// Threadgroup declarations one kernel may make (preallocated: no allocation while kernel code runs,
+// so the timeout signal may interrupt it safely).
+constexpr size_t kMaxVariables = 256;
 
 enum class State : uint8_t { Runnable, AtBarrier, AtSimd, Done };
 
@@ -46,7 +51,8 @@ struct Fiber {
   FiberContext ctx;
   aproto_thread_pos pos;
   State state = State::Runnable;
-  uint32_t site = 0, flags = 0;
+  aproto_site site{};
+  uint32_t flags = 0;
   const char* what = "";
 };
 
@@ -72,13 +78,23 @@ struct Worker {
   Fiber* current = nullptr;
   jmp_buf scheduler;
   uint32_t group[3] = {0, 0, 0};
-  std::vector<unsigned char> arena;
+  // Threadgroup memory, 64-byte aligned like the GPU's (a vector's 16 bytes are not enough for long4).
+  std::unique_ptr<unsigned char[]> arena_memory;
+  unsigned char* arena = nullptr;
   uint64_t arena_used = 0, arena_args = 0, max_variable_bytes = 0;
-  std::vector<void*> variable_sites;
+  struct Variable {
+    void* storage = nullptr;
+    uint64_t size = 0;
+  };
+  std::vector<Variable> variables;  // by declaration index
   std::vector<void*> argument_ptrs;  // by [[threadgroup(i)]] index
+  // True while kernel code proper runs: the fault and timeout handlers only act then. Runtime
+  // services clear it while they run (they may allocate, which a signal must never interrupt).
   bool in_kernel = false;
   Failure failure = Failure::None;
-  std::string message;
+  std::string message;            // built outside signal handlers (see describe_pending)
+  const void* fault_address = nullptr;
+  bool fault_is_write = false;
 };
 
 // initial-exec: kernels ask for their thread position on every SIMD and matrix operation, and the
@@ -86,8 +102,17 @@ struct Worker {
 // in glibc's static-TLS reserve for dlopen'ed modules).
 thread_local Worker* tl_worker __attribute__((tls_model("initial-exec"))) = nullptr;
 
-std::string site_text(const Worker& w, uint32_t site) {
-  return w.launch->source_name + ":" + std::to_string(site >> 12);
+bool same_site(const aproto_site& a, const aproto_site& b) {
+  return a.line == b.line && a.column == b.column && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+}
+
+bool earlier(const aproto_site& a, const aproto_site& b) {
+  return a.line != b.line ? a.line < b.line : a.column < b.column;
+}
+
+std::string site_text(const aproto_site& site) {
+  std::string file = site.file ? site.file : "?";
+  return file.substr(file.find_last_of('/') + 1) + ":" + std::to_string(site.line);
 }
 
 std::string thread_text(const Worker& w, const Fiber& f) {
@@ -123,7 +148,7 @@ std::string ranges_text(const std::vector<uint32_t>& ids) {
 // ---------------------------------------------------------------------------- runtime services
 const aproto_thread_pos* rt_current() { return &tl_worker->current->pos; }
 
-void rt_threadgroup_barrier(uint32_t site) {
+void rt_threadgroup_barrier(aproto_site site) {
   Worker& w = *tl_worker;
   Fiber& f = *w.current;
   f.state = State::AtBarrier;
@@ -134,7 +159,7 @@ void rt_threadgroup_barrier(uint32_t site) {
   w.in_kernel = true;
 }
 
-const unsigned char* rt_simd_exchange(const void* value, uint32_t size, uint32_t site, uint32_t flags,
+const unsigned char* rt_simd_exchange(const void* value, uint32_t size, aproto_site site, uint32_t flags,
                                       const char* what, uint32_t* mask) {
   Worker& w = *tl_worker;
   Fiber& f = *w.current;
@@ -151,32 +176,52 @@ const unsigned char* rt_simd_exchange(const void* value, uint32_t size, uint32_t
   return &sg.snapshot[0][0];
 }
 
-void* rt_threadgroup_variable(uint32_t site, uint64_t size, uint64_t align, const char* name) {
+// Clears Worker::in_kernel while a runtime service runs (restored when it returns normally).
+struct ServiceScope {
+  Worker& w;
+  explicit ServiceScope(Worker& worker) : w(worker) { w.in_kernel = false; }
+  ~ServiceScope() { w.in_kernel = true; }
+};
+
+void* rt_threadgroup_variable(uint32_t index, uint64_t size, uint64_t align, const char* name) {
   Worker& w = *tl_worker;
-  if (site >= w.variable_sites.size()) w.variable_sites.resize(site + 1, nullptr);
-  void*& p = w.variable_sites[site];
-  if (!p) {  // the first thread to get here allocates for the whole group
-    uint64_t a = std::max<uint64_t>(align, 16);
-    uint64_t offset = (w.arena_used + a - 1) / a * a;
-    if (offset + size > w.launch->threadgroup_limit) {
-      char buf[320];
-      std::snprintf(buf, sizeof buf,
-                    "kernel '%s' needs %llu bytes of threadgroup memory (at `threadgroup` variable '%s' of %llu "
-                    "bytes, after %llu bytes of [[threadgroup(n)]] arguments); the limit is %llu",
-                    w.launch->kernel->name, (unsigned long long)(offset + size), name, (unsigned long long)size,
-                    (unsigned long long)w.arena_args, (unsigned long long)w.launch->threadgroup_limit);
-      fail_from_fiber(w, Failure::Limit, buf);
-    }
-    p = w.arena.data() + offset;
-    std::memset(p, 0xFF, size);  // poison: an unwritten float/half/bfloat reads as NaN
-    w.arena_used = offset + size;
-    w.max_variable_bytes = std::max(w.max_variable_bytes, w.arena_used - w.arena_args);
+  ServiceScope service(w);
+  if (index >= w.variables.size())  // sized at set-up for typical kernels: this is rare
+    fail_from_fiber(w, Failure::Kernel, "kernel '" + std::string(w.launch->kernel->name) + "' declares more than " +
+                                            std::to_string(w.variables.size()) + " threadgroup variables");
+  Worker::Variable& v = w.variables[index];
+  if (v.storage) {
+    if (v.size != size)  // one declaration in a template helper instantiated for several types
+      fail_from_fiber(w, Failure::Kernel,
+                      "kernel '" + std::string(w.launch->kernel->name) + "': threadgroup variable '" + name +
+                          "' is declared with " + std::to_string(size) + " and " + std::to_string(v.size) +
+                          " bytes (a template helper instantiated twice?); the host backend gives each "
+                          "declaration one size");
+    return v.storage;
   }
-  return p;
+  // the first thread to get here allocates for the whole group
+  uint64_t a = std::max<uint64_t>(align, 16);
+  uint64_t offset = (w.arena_used + a - 1) / a * a;
+  if (offset + size > w.launch->threadgroup_limit) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "kernel '%s' needs %llu bytes of threadgroup memory (at `threadgroup` variable '%s' of %llu "
+                  "bytes, after %llu bytes of [[threadgroup(n)]] arguments); the limit is %llu",
+                  w.launch->kernel->name, (unsigned long long)(offset + size), name, (unsigned long long)size,
+                  (unsigned long long)w.arena_args, (unsigned long long)w.launch->threadgroup_limit);
+    fail_from_fiber(w, Failure::Limit, buf);
+  }
+  v.storage = w.arena + offset;
+  v.size = size;
+  std::memset(v.storage, 0xFF, size);  // poison: an unwritten float/half/bfloat reads as NaN
+  w.arena_used = offset + size;
+  w.max_variable_bytes = std::max(w.max_variable_bytes, w.arena_used - w.arena_args);
+  return v.storage;
 }
 
 void* rt_threadgroup_argument(uint32_t index) {
   Worker& w = *tl_worker;
+  ServiceScope service(w);
   if (index >= w.argument_ptrs.size() || !w.argument_ptrs[index])
     fail_from_fiber(w, Failure::Kernel,
                     "kernel '" + std::string(w.launch->kernel->name) + "' uses [[threadgroup(" + std::to_string(index) +
@@ -187,6 +232,7 @@ void* rt_threadgroup_argument(uint32_t index) {
 
 void rt_fail(const char* message) {
   Worker& w = *tl_worker;
+  w.in_kernel = false;
   fail_from_fiber(w, Failure::Kernel, std::string("kernel '") + w.launch->kernel->name + "': " + message);
 }
 
@@ -243,8 +289,7 @@ std::string timeout_text(const Worker& w) {
 void on_timeout(int, siginfo_t*, void*) {
   Worker* w = tl_worker;
   if (!w || !w->in_kernel || !w->control->timed_out.load()) return;
-  w->failure = Failure::Timeout;
-  w->message = timeout_text(*w);
+  w->failure = Failure::Timeout;  // the message is written after the jump (no allocation in a handler)
   w->in_kernel = false;
   _longjmp(w->scheduler, 1);
 }
@@ -261,13 +306,24 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
 #else
   (void)uctx;
 #endif
-  char buf[512];
-  describe_fault(*w, info->si_addr, is_write, buf, sizeof buf);
-  w->failure = Failure::Fault;
-  w->message = buf;
+  w->failure = Failure::Fault;  // described after the jump (no allocation in a handler)
+  w->fault_address = info->si_addr;
+  w->fault_is_write = is_write;
   w->in_kernel = false;
   // SA_NODEFER left the signal unblocked, so a plain long jump out of the handler is safe.
   _longjmp(w->scheduler, 1);
+}
+
+// Writes the message of a failure that a signal handler recorded without one.
+void describe_pending(Worker& w) {
+  if (!w.message.empty()) return;
+  if (w.failure == Failure::Timeout) {
+    w.message = timeout_text(w);
+  } else if (w.failure == Failure::Fault) {
+    char buf[512];
+    describe_fault(w, w.fault_address, w.fault_is_write, buf, sizeof buf);
+    w.message = buf;
+  }
 }
 
 // Fault and timeout handlers, installed for the duration of dispatches (counted: concurrent
@@ -379,7 +435,9 @@ void setup_worker(Worker& w, const GridLaunch& launch) {
     w.simd[s].first = s * kSimd;
     w.simd[s].count = std::min(kSimd, n - s * kSimd);
   }
-  w.arena.assign(launch.threadgroup_limit + 64, 0);
+  w.arena_memory.reset(new unsigned char[launch.threadgroup_limit + 128]);
+  w.arena = (unsigned char*)(((uintptr_t)w.arena_memory.get() + 63) & ~(uintptr_t)63);
+  w.variables.assign(kMaxVariables, Worker::Variable{});
   uint32_t max_index = 0;
   for (auto& [index, bytes] : launch.threadgroup_args) max_index = std::max(max_index, index + 1);
   w.argument_ptrs.assign(max_index, nullptr);
@@ -393,12 +451,12 @@ void start_group(Worker& w, uint64_t linear) {
   // [[threadgroup(i)]] arguments first, then `threadgroup` variables as threads reach them.
   uint64_t used = 0;
   for (auto& [index, bytes] : L.threadgroup_args) {
-    w.argument_ptrs[index] = w.arena.data() + used;
-    std::memset(w.arena.data() + used, 0xFF, bytes);
+    w.argument_ptrs[index] = w.arena + used;
+    std::memset(w.arena + used, 0xFF, bytes);
     used += (bytes + 15) / 16 * 16;
   }
   w.arena_used = w.arena_args = used;
-  std::fill(w.variable_sites.begin(), w.variable_sites.end(), nullptr);
+  std::fill(w.variables.begin(), w.variables.end(), Worker::Variable{});
   uint32_t n = (uint32_t)w.fibers.size();
   uint32_t nsg = (uint32_t)w.simd.size();
   for (uint32_t i = 0; i < n; i++) {
@@ -424,23 +482,26 @@ void start_group(Worker& w, uint64_t linear) {
     p.quadgroup_index_in_threadgroup[0] = i / 4;
     p.quadgroups_per_threadgroup[0] = (n + 3) / 4;
     f.state = State::Runnable;
-    f.site = f.flags = 0;
+    f.site = aproto_site{};
+    f.flags = 0;
     fiber_prepare(f.ctx, w.stacks->stack(i), w.stacks->stack_bytes(), fiber_entry);
   }
 }
 
 // Settles one SIMD rendezvous in `sg` if any lane waits at one. Returns false if none does.
 bool settle_simd(Worker& w, SimdGroup& sg) {
-  int leader = -1;
-  for (uint32_t l = 0; l < sg.count; l++)
-    if (w.fibers[sg.first + l].state == State::AtSimd) { leader = (int)l; break; }
+  int leader = -1;  // a lane waiting at the earliest site in source order
+  for (uint32_t l = 0; l < sg.count; l++) {
+    const Fiber& f = w.fibers[sg.first + l];
+    if (f.state == State::AtSimd && (leader < 0 || earlier(f.site, w.fibers[sg.first + leader].site))) leader = (int)l;
+  }
   if (leader < 0) return false;
-  uint32_t site = w.fibers[sg.first + leader].site;
+  const aproto_site site = w.fibers[sg.first + leader].site;
   uint32_t mask = 0;
   bool all_lanes = false;
   for (uint32_t l = 0; l < sg.count; l++) {
     const Fiber& f = w.fibers[sg.first + l];
-    if (f.state == State::AtSimd && f.site == site) {
+    if (f.state == State::AtSimd && same_site(f.site, site)) {
       mask |= 1u << l;
       all_lanes |= (f.flags & APROTO_SIMD_ALL_LANES) != 0;
     }
@@ -455,7 +516,7 @@ bool settle_simd(Worker& w, SimdGroup& sg) {
       if (mask >> l & 1) in.push_back(l);
       else if (f.state != State::Done) {
         out.push_back(l);
-        if (elsewhere.empty()) elsewhere = std::string("; e.g. lane ") + std::to_string(l) + " waits in " + f.what + " at " + site_text(w, f.site);
+        if (elsewhere.empty()) elsewhere = std::string("; e.g. lane ") + std::to_string(l) + " waits in " + f.what + " at " + site_text(f.site);
       } else {
         out.push_back(l);
         if (elsewhere.empty()) elsewhere = "; e.g. lane " + std::to_string(l) + " has returned";
@@ -463,7 +524,7 @@ bool settle_simd(Worker& w, SimdGroup& sg) {
     }
     w.failure = Failure::Deadlock;
     w.message = "deadlock in kernel '" + std::string(w.launch->kernel->name) + "': " + lead.what + " at " +
-                site_text(w, site) + " needs every lane of SIMD-group " +
+                site_text(site) + " needs every lane of SIMD-group " +
                 std::to_string(lead.pos.simdgroup_index_in_threadgroup[0]) + " of threadgroup (" +
                 std::to_string(w.group[0]) + "," + std::to_string(w.group[1]) + "," + std::to_string(w.group[2]) +
                 "), but only lanes " + ranges_text(in) + " reach it (lanes " + ranges_text(out) + " never do" +
@@ -480,12 +541,17 @@ bool settle_simd(Worker& w, SimdGroup& sg) {
 
 // Opens the barrier every live thread waits at, or explains the deadlock.
 bool settle_barrier(Worker& w) {
-  std::map<uint32_t, std::vector<uint32_t>> waiting;  // site -> thread indices
+  std::vector<std::pair<aproto_site, std::vector<uint32_t>>> waiting;  // site -> thread indices
   std::vector<uint32_t> returned;
   for (uint32_t i = 0; i < w.fibers.size(); i++) {
     const Fiber& f = w.fibers[i];
-    if (f.state == State::AtBarrier) waiting[f.site].push_back(i);
-    else if (f.state == State::Done) returned.push_back(i);
+    if (f.state == State::AtBarrier) {
+      auto it = std::find_if(waiting.begin(), waiting.end(), [&](const auto& e) { return same_site(e.first, f.site); });
+      if (it == waiting.end()) waiting.push_back({f.site, {i}});
+      else it->second.push_back(i);
+    } else if (f.state == State::Done) {
+      returned.push_back(i);
+    }
   }
   if (waiting.size() == 1 && returned.empty()) {
     for (auto& f : w.fibers) f.state = State::Runnable;
@@ -497,7 +563,7 @@ bool settle_barrier(Worker& w) {
   bool first = true;
   for (auto& [site, ids] : waiting) {
     msg += (first ? "" : "; ") + std::string("threads ") + ranges_text(ids) + " wait at threadgroup_barrier (" +
-           site_text(w, site) + ")";
+           site_text(site) + ")";
     first = false;
   }
   if (!returned.empty())
@@ -521,7 +587,10 @@ bool run_group(Worker& w) {
         return false;
       }
       fiber_resume(f.ctx, w.scheduler);
-      if (w.failure != Failure::None) return false;
+      if (w.failure != Failure::None) {
+        describe_pending(w);
+        return false;
+      }
     }
     for (const Fiber& f : w.fibers) any_live |= f.state != State::Done;
     if (!any_live) return true;

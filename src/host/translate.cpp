@@ -1,6 +1,7 @@
 #include "host/translate.hpp"
 
 #include <cctype>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <vector>
@@ -132,6 +133,19 @@ const std::set<std::string>& vector_types() {
   return names;
 }
 
+const std::set<std::string>& scalar_types() {
+  static const std::set<std::string> names = {"float", "half", "bfloat", "int", "uint", "short", "ushort",
+                                              "char", "uchar", "bool", "long", "ulong"};
+  return names;
+}
+
+// 1.0h, 2h, 1e-3h -> half(...); any other number unchanged.
+std::string half_literal(const std::string& w) {
+  char last = w.back();
+  bool hex = w.size() > 1 && w[0] == '0' && (w[1] == 'x' || w[1] == 'X');
+  return (last == 'h' || last == 'H') && !hex ? "half(" + w.substr(0, w.size() - 1) + ")" : w;
+}
+
 const std::map<std::string, std::string>& position_attributes() {
   static const std::map<std::string, std::string> m = {
       {"threadgroup_position_in_grid", "threadgroup_position_in_grid"},
@@ -208,6 +222,7 @@ class Translator {
   std::vector<std::string> kernel_names_;
   size_t params_open_ = 0, params_close_ = 0;  // sig positions of the target's ( )
   uint32_t threadgroup_sites_ = 0;
+  unsigned long max_threads_ = 0;  // [[max_total_threads_per_threadgroup(n)]], 0 if absent
 
   const Token& s(size_t k) const { return t_[sig_[k]]; }
   Token& sm(size_t k) { return t_[sig_[k]]; }
@@ -282,6 +297,14 @@ class Translator {
         found = true;
         params_open_ = v + 2;
         params_close_ = close;
+        // [[max_total_threads_per_threadgroup(n)]] before the function
+        size_t end = attr ? k - 2 : k, start;
+        while (end > 0 && attribute_before(end - 1, start)) {
+          for (size_t j = start + 2; j + 2 < end - 1; j++)
+            if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "("))
+              max_threads_ = std::strtoul(s(j + 2).text.c_str(), nullptr, 0);
+          end = start;
+        }
       } else {
         other_kernel_bodies_.push_back({body, match(body)});
         other_kernels_.push_back({attr ? k - 2 : k, match(body)});
@@ -372,6 +395,7 @@ class Translator {
       if (start == 0) error(k, "function constant without `constant`");
       start--;
       std::string type = type_text(start + 1, name_pos);
+      if (type.rfind("const ", 0) == 0) type = type.substr(6);  // `constant const T` is still T
       std::string name = s(name_pos).text;
       if (!is(k + 1, "(")) error(k, "expected function_constant(index)");
       size_t close = match(k + 1);
@@ -389,8 +413,12 @@ class Translator {
       const bool real_type = type == "float" || type == "half" || type == "bfloat";
       if (value && value->type == ConstantValue::Type::Float && !real_type && type != "bool")
         error(name_pos, "function constant '" + name + "' is declared '" + type + "' but was given a float");
+      // A value, not a constant expression: Metal compiles the library before the values exist, so
+      // a function constant (or a constant computed from one) cannot size an array there, and must
+      // not here either. The optimiser still folds the value into the code.
+      const std::string init = "::aproto_rt::function_constant<" + type + ">(static_cast<" + type + ">(";
       if (value) {
-        repl = "static constexpr " + type + " " + name + " = " + type + "(" + value->literal() + "); " +
+        repl = "static const " + type + " " + name + " = " + init + value->literal() + ")); " +
                "static constexpr bool " + name + "__aproto_defined = true;";
       } else {
         bool used_by_target = false;
@@ -400,7 +428,7 @@ class Translator {
         if (used_by_target && !queried.count(name))
           error(name_pos, "function constant '" + name + "' (index " + index + ") has no value: pass constants={'" +
                               name + "': ...} (kernel '" + function_ + "' uses it)");
-        repl = "static constexpr " + type + " " + name + " = " + type + "(); " + "static constexpr bool " + name +
+        repl = "static const " + type + " " + name + " = " + init + "0)); " + "static constexpr bool " + name +
                "__aproto_defined = false;";
       }
       blank(start, semi, repl);
@@ -417,41 +445,61 @@ class Translator {
         blank(k, k + 3, s(k + 2).text + "__aproto_defined");
   }
 
-  // threadgroup T a[..], b[..];  at the start of a statement
+  // The end (`;`) of the statement starting at sig position k, counting only ()[]{} as brackets
+  // (`<` may be a comparison or a shift in an array size).
+  size_t statement_end(size_t k) const {
+    int depth = 0;
+    for (size_t j = k; j < sig_.size(); j++) {
+      const std::string& w = s(j).text;
+      if (w == "(" || w == "[" || w == "{") depth++;
+      else if (w == ")" || w == "]" || w == "}") depth--;
+      else if (depth == 0 && w == ";") return j;
+      if (depth < 0) break;
+    }
+    error(k, "cannot find the end of this declaration");
+  }
+
+  // threadgroup T a[..], b[..];   a declaration of threadgroup storage (not a pointer to it)
   void rewrite_threadgroup_declarations() {
     for (size_t k = 0; k < sig_.size(); k++) {
       if (s(k).text != "threadgroup" || s(k).kind != Kind::Ident || s(k).consumed) continue;
-      if (k > 0 && !(is(k - 1, ";") || is(k - 1, "{") || is(k - 1, "}"))) continue;
-      size_t semi = k + 1;
-      int depth = 0;
+      size_t first = k;  // `volatile threadgroup T x[..]`: qualifiers before the address space
+      while (first > 0 && (is(first - 1, "volatile") || is(first - 1, "const"))) first--;
+      const std::string before = first > 0 ? s(first - 1).text : ";";
+      // a parameter, cast, template argument, or the [[threadgroup(n)]] attribute
+      if (before == "(" || before == "," || before == "<" || before == "[") continue;
+      const bool statement_start = before == ";" || before == "{" || before == "}" || before == ":" || before == "]";
+      size_t semi = statement_end(k);
       bool pointer = false;
-      while (semi < sig_.size()) {
-        const std::string& w = s(semi).text;
-        if (w == "(" || w == "[" || w == "<" || w == "{") depth++;
-        else if (w == ")" || w == "]" || w == ">" || w == "}") depth--;
+      int depth = 0;
+      for (size_t j = k + 1; j < semi; j++) {
+        const std::string& w = s(j).text;
+        if (w == "(" || w == "[" || w == "{") depth++;
+        else if (w == ")" || w == "]" || w == "}") depth--;
         else if (depth == 0 && (w == "*" || w == "&")) pointer = true;
-        else if (depth == 0 && w == ";") break;
-        semi++;
       }
       if (pointer) continue;  // `threadgroup float* p = ...`: only the qualifier goes (later)
+      if (!statement_start)
+        error(k, "the host backend cannot translate this threadgroup declaration; declare threadgroup "
+                 "variables as statements of their own (`threadgroup T name[N];`)");
       // split into declarators at top-level commas; the first one carries the type
       std::vector<std::pair<size_t, size_t>> decls;
       size_t from = k + 1;
       depth = 0;
       for (size_t j = k + 1; j <= semi; j++) {
         const std::string& w = s(j).text;
-        if (w == "(" || w == "[" || w == "<") depth++;
-        else if (w == ")" || w == "]" || w == ">") depth--;
+        if (w == "(" || w == "[" || w == "{") depth++;
+        else if (w == ")" || w == "]" || w == "}") depth--;
         if (j == semi || (depth == 0 && w == ",")) { decls.push_back({from, j}); from = j + 1; }
       }
-      std::string type, out;
+      std::string qualifiers = type_text(first, k), type, out;
       for (size_t d = 0; d < decls.size(); d++) {
         auto [a, b] = decls[d];
         size_t dims = a;
-        int dd = 0;
-        while (dims < b && !(dd == 0 && is(dims, "["))) {
-          if (is(dims, "<")) dd++;
-          else if (is(dims, ">")) dd--;
+        int angle = 0;
+        while (dims < b && !(angle == 0 && is(dims, "["))) {
+          if (is(dims, "<")) angle++;
+          else if (is(dims, ">")) angle--;
           else if (is(dims, "=")) error(dims, "a threadgroup variable cannot have an initializer");
           dims++;
         }
@@ -459,13 +507,13 @@ class Translator {
           if (is(j, "=")) error(j, "a threadgroup variable cannot have an initializer");
         if (dims == a || s(dims - 1).kind != Kind::Ident) error(a, "cannot read this threadgroup declaration");
         std::string name = s(dims - 1).text;
-        if (d == 0) type = type_text(a, dims - 1);
+        if (d == 0) type = (qualifiers.empty() ? "" : qualifiers + " ") + type_text(a, dims - 1);
         std::string dim_text;
         for (size_t j = dims; j < b; j++) dim_text += s(j).text;
         out += "auto& " + name + " = ::aproto_rt::threadgroup_variable<" + type + dim_text + ">(" +
                std::to_string(threadgroup_sites_++) + "u, \"" + name + "\");";
       }
-      blank(k, semi, out);
+      blank(first, semi, out);
       k = semi;
     }
   }
@@ -481,11 +529,57 @@ class Translator {
     }
   }
 
-  bool operand_start(size_t k) const {
-    if (k >= sig_.size()) return false;
-    const Token& tok = s(k);
-    if (tok.kind == Kind::Ident || tok.kind == Kind::Number) return true;
-    return tok.text == "(" || tok.text == "-" || tok.text == "+" || tok.text == "!" || tok.text == "~";
+  bool is_vector_cast(size_t k) const {  // `( float4 )` with the type at sig position k
+    return k > 0 && is(k - 1, "(") && is(k + 1, ")") && vector_types().count(s(k).text);
+  }
+
+  // End (exclusive, sig position) of the operand of a C-style cast starting at k: prefix operators
+  // and nested casts, a primary expression, then postfix operators. 0 when it is no operand.
+  size_t cast_operand_end(size_t k) const {
+    while (k < sig_.size()) {
+      if (is(k, "-") || is(k, "+") || is(k, "!") || is(k, "~") || is(k, "*") || is(k, "&")) k++;
+      else if (k + 2 < sig_.size() && is(k, "(") && is(k + 2, ")") && s(k + 1).kind == Kind::Ident &&
+               (vector_types().count(s(k + 1).text) || scalar_types().count(s(k + 1).text)) &&
+               !is(k + 3, ";") && !is(k + 3, ")") && !is(k + 3, ","))
+        k += 3;  // a nested cast
+      else break;
+    }
+    if (k >= sig_.size()) return 0;
+    if (is(k, "(")) k = match(k) + 1;
+    else if (s(k).kind == Kind::Ident || s(k).kind == Kind::Number) k++;
+    else return 0;
+    while (k < sig_.size()) {
+      if (is(k, "(") || is(k, "[")) k = match(k) + 1;
+      else if ((is(k, ".") || is(k, "->")) && k + 1 < sig_.size() && s(k + 1).kind == Kind::Ident) k += 2;
+      else if (is(k, "::") && k + 1 < sig_.size() && s(k + 1).kind == Kind::Ident) k += 2;
+      else if ((is(k, "+") && is(k + 1, "+")) || (is(k, "-") && is(k + 1, "-"))) k += 2;
+      else break;
+    }
+    return k;
+  }
+
+  // MSL converts a `bool4` (a vector comparison) to 1 / 0; clang's vector comparisons give -1 / 0
+  // integer vectors. An argument (between open and close) that is a comparison, and not the condition
+  // of a ?:, is refused rather than converted to -1.
+  void reject_comparison(size_t open, size_t close, const std::string& what) const {
+    int depth = 0;
+    bool compare = false, ternary = false;
+    for (size_t j = open + 1; j <= close; j++) {
+      if (j == close || (depth == 0 && s(j).text == ",")) {
+        if (compare && !ternary)
+          error(open, what + " of a comparison: the host backend's vector comparisons give integer vectors "
+                      "(-1 / 0), not MSL's bool vectors (1 / 0); use select(a, b, cond) instead");
+        compare = ternary = false;
+        continue;
+      }
+      const std::string& w = s(j).text;
+      if (w == "(" || w == "[") depth++;
+      else if (w == ")" || w == "]") depth--;
+      if (depth != 0) continue;
+      if (w == "?") ternary = true;
+      const bool shift = (w == "<" && (is(j + 1, "<") || is(j - 1, "<"))) || (w == ">" && (is(j + 1, ">") || is(j - 1, ">")));
+      if (((w == "<" || w == ">") && !shift) || (w == "=" && (is(j - 1, "=") || is(j - 1, "!")))) compare = true;
+    }
   }
 
   void rewrite_qualifiers_and_conversions() {
@@ -498,23 +592,57 @@ class Translator {
         bool beside_const = (k > 0 && s(k - 1).text == "const") || (k + 1 < sig_.size() && s(k + 1).text == "const");
         tok.out = beside_const ? "" : "const";
       } else if (tok.kind == Kind::Number) {
-        // 1.0h, 2h, 1e-3h -> half(...)
-        const std::string& w = tok.text;
-        char last = w.back();
-        bool hex = w.size() > 1 && w[0] == '0' && (w[1] == 'x' || w[1] == 'X');
-        if ((last == 'h' || last == 'H') && !hex) tok.out = "half(" + w.substr(0, w.size() - 1) + ")";
+        tok.out = half_literal(tok.text);
       } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
         if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
+          reject_comparison(k + 1, match(k + 1), tok.text + "(...)");
           tok.out = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
-        } else if (k > 0 && is(k - 1, "(") && is(k + 1, ")") && operand_start(k + 2) && !consumed(k - 1, k + 1) &&
-                   !(k > 1 && (s(k - 2).kind == Kind::Ident || is(k - 2, ")") || is(k - 2, "]")))) {
-          blank(k - 1, k + 1, "::metal::vcast<" + s(k).text + ">{}->*");  // (float4)x conversion
+        } else if (is_vector_cast(k) && !consumed(k - 1, k + 1) &&
+                   !(k > 1 && (is(k - 2, "sizeof") || is(k - 2, "alignof") || is(k - 2, "decltype")))) {
+          // (float4)x converts in MSL but bit-casts clang vectors: -> convert<float4>(x)
+          const size_t end = cast_operand_end(k + 2);
+          if (end == 0) continue;  // not a cast: e.g. a parameter list `(float4)`
+          reject_comparison(k + 1, end, "(" + tok.text + ")");
+          blank(k - 1, k + 1, "::metal::convert<" + s(k).text + ">(");
+          sm(end - 1).out += ")";
         } else if (k >= 2 && is(k - 1, "<") && s(k - 2).text == "static_cast" && is(k + 1, ">") &&
                    !consumed(k - 2, k + 1)) {
           blank(k - 2, k + 1, "::metal::convert<" + s(k).text + ">");  // static_cast<float4>(x)
         }
       }
     }
+    for (Token& tok : t_)
+      if (tok.kind == Kind::Directive) tok.out = rewrite_macro(tok);
+  }
+
+  // `#define` bodies get the constructor and half-literal rewrites too; a vector C-style cast in a
+  // macro cannot be rewritten safely (its operand is only known where the macro is used).
+  std::string rewrite_macro(const Token& directive) const {
+    const std::string& text = directive.text;
+    size_t p = text.find_first_not_of(" \t", 1);
+    if (p == std::string::npos || text.compare(p, 6, "define") != 0) return directive.out;
+    std::vector<Token> body = lex(" " + text.substr(p + 6), directive.file);
+    std::string out = text.substr(0, p + 6);
+    for (size_t i = 0; i < body.size(); i++) {
+      const Token& t = body[i];
+      std::string piece = t.text;
+      if (t.kind == Kind::Number) {
+        piece = half_literal(t.text);
+      } else if (t.kind == Kind::Ident && vector_types().count(t.text)) {
+        size_t next = i + 1, prev = i;
+        while (next < body.size() && body[next].kind == Kind::Space) next++;
+        while (prev > 0 && body[prev - 1].kind == Kind::Space) prev--;
+        bool open_after = next < body.size() && body[next].text == "(";
+        bool in_parens = prev > 0 && body[prev - 1].text == "(" && next < body.size() && body[next].text == ")";
+        if (in_parens)
+          throw CompileError(directive.file + ":" + std::to_string(directive.line) + ": error: a (" + t.text +
+                             ") cast inside #define cannot be translated by the host backend; write " + t.text +
+                             "(x) or convert where the macro is used");
+        if (open_after) piece = "::metal::vmake<" + t.text + ">";
+      }
+      out += piece;
+    }
+    return out;
   }
 
   std::string entry_point() const {
@@ -526,26 +654,28 @@ class Translator {
         std::string base = p.type.substr(0, p.type.size() - 1);
         bool ref = p.type.back() == '&';
         bool readonly = base.find("const") != std::string::npos;
-        args += ref ? "*(" + base + "*)b[" + p.arg + "]" : "(" + p.type + ")b[" + p.arg + "]";
+        args += ref ? "*(" + base + "*)aproto_b_[" + p.arg + "]" : "(" + p.type + ")aproto_b_[" + p.arg + "]";
         buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", " +
-                   (ref ? "sizeof(" + base + ")" : std::string("0")) + ", " + (readonly ? "1" : "0") + "},\n";
+                   (ref ? "sizeof(" + base + ")" : std::string("0")) + ", ::aproto_rt::align_of<" + base + ">(), " +
+                   (readonly ? "1" : "0") + "},\n";
         n_buffers++;
       } else if (p.attr == "threadgroup") {
         args += "(" + p.type + ")::aproto_rt::threadgroup_argument(" + p.arg + ")";
         tg_args += p.arg + "u, ";
         n_tg++;
       } else {
-        args += "::aproto_rt::position<" + p.type + ">(pos." + position_attributes().at(p.attr) + ")";
+        args += "::aproto_rt::position<" + p.type + ">(aproto_pos_." + position_attributes().at(p.attr) + ")";
       }
     }
     std::string out = "\n// ---- generated by attention_proto's host backend\nnamespace {\n";
     if (n_buffers) out += "const aproto_buffer_desc aproto_buffers_[] = {\n" + buffers + "};\n";
     if (n_tg) out += "const uint32_t aproto_threadgroup_args_[] = {" + tg_args + "};\n";
-    out += "void aproto_run_thread_(void* const* b) {\n  (void)b;\n  const aproto_thread_pos& pos = ::aproto_rt::pos();\n"
-           "  (void)pos;\n  " + function_ + "(" + args + ");\n}\n";
+    out += "void aproto_run_thread_(void* const* aproto_b_) {\n  (void)aproto_b_;\n"
+           "  const aproto_thread_pos& aproto_pos_ = ::aproto_rt::pos();\n  (void)aproto_pos_;\n  " + function_ + "(" + args + ");\n}\n";
     out += "void aproto_bind_(const aproto_runtime* rt) { ::aproto_rt::g_rt = rt; }\n}  // namespace\n";
     out += "extern \"C\" __attribute__((visibility(\"default\"))) const aproto_kernel_desc aproto_kernel = {\n"
-           "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(n_buffers) + "u, " +
+           "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(max_threads_) + "u, " +
+           std::to_string(n_buffers) + "u, " +
            (n_buffers ? "aproto_buffers_" : "nullptr") + ", " + std::to_string(n_tg) + "u, " +
            (n_tg ? "aproto_threadgroup_args_" : "nullptr") + ", aproto_bind_, aproto_run_thread_};\n";
     return out;

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <set>
 #include <vector>
 
 namespace aproto {
@@ -37,15 +38,41 @@ bool quoted_include(const std::string& line, std::string& name) {
   return true;
 }
 
+bool has_pragma_once(const std::string& text) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t i = line.find_first_not_of(" \t");
+    if (i != std::string::npos && line.compare(i, 1, "#") == 0) {
+      size_t j = line.find_first_not_of(" \t", i + 1);
+      if (j != std::string::npos && line.compare(j, 6, "pragma") == 0 && line.find("once", j + 6) != std::string::npos)
+        return true;
+    }
+  }
+  return false;
+}
+
+// Updates `in_comment` across one line: whether a /* ... */ comment is still open at its end.
+void track_block_comment(const std::string& line, bool& in_comment) {
+  for (size_t i = 0; i + 1 < line.size(); i++) {
+    if (!in_comment && line[i] == '/' && line[i + 1] == '/') return;
+    if (!in_comment && line[i] == '/' && line[i + 1] == '*') { in_comment = true; i++; }
+    else if (in_comment && line[i] == '*' && line[i + 1] == '/') { in_comment = false; i++; }
+  }
+}
+
 void expand(const std::string& text, const std::string& path, const std::vector<std::string>& dirs,
-            std::vector<std::string>& stack, std::string& out) {
+            std::vector<std::string>& stack, std::set<std::string>& once, std::string& out) {
   std::istringstream in(text);
   std::string line;
   int lineno = 0;
+  bool in_comment = false;
   while (std::getline(in, line)) {
     lineno++;
     std::string name;
-    if (!quoted_include(line, name)) {
+    const bool commented = in_comment;
+    track_block_comment(line, in_comment);
+    if (commented || !quoted_include(line, name)) {
       out += line + "\n";
       continue;
     }
@@ -58,9 +85,14 @@ void expand(const std::string& text, const std::string& path, const std::vector<
       throw CompileError(path + ":" + std::to_string(lineno) + ": error: include file '" + name + "' not found");
     for (const auto& s : stack)
       if (s == found) throw CompileError(path + ":" + std::to_string(lineno) + ": error: include cycle through '" + name + "'");
+    if (once.count(found)) {  // a #pragma once file included again: nothing to add
+      out += "\n";
+      continue;
+    }
+    if (has_pragma_once(body)) once.insert(found);
     stack.push_back(found);
     out += "#line 1 \"" + found + "\"\n";
-    expand(body, found, dirs, stack, out);
+    expand(body, found, dirs, stack, once, out);
     out += "#line " + std::to_string(lineno + 1) + " \"" + path + "\"\n";
     stack.pop_back();
   }
@@ -71,8 +103,9 @@ void expand(const std::string& text, const std::string& path, const std::vector<
 std::string resolve_includes(const Source& source) {
   std::string path = source.path.empty() ? "<source>" : source.path;
   std::vector<std::string> stack{path};
+  std::set<std::string> once;
   std::string out = "#line 1 \"" + path + "\"\n";
-  expand(source.text, path, source.include_dirs, stack, out);
+  expand(source.text, path, source.include_dirs, stack, once, out);
   return out;
 }
 

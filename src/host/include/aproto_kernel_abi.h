@@ -5,7 +5,7 @@
 #define APROTO_KERNEL_ABI_H
 #include <stdint.h>
 
-#define APROTO_ABI_VERSION 3
+#define APROTO_ABI_VERSION 4
 #define APROTO_SIMD_WIDTH 32
 #define APROTO_SIMD_SLOT_BYTES 64 /* largest value one lane can exchange in one SIMD operation */
 
@@ -34,18 +34,27 @@ typedef struct aproto_thread_pos {
   uint32_t quadgroups_per_threadgroup[3];
 } aproto_thread_pos;
 
-/* Services the runtime offers to kernel code. `site` identifies a call site: (line << 12) | column. */
+/* A call site in the shader source (the file as named by #line directives). Barriers and SIMD
+ * operations are matched by it: lanes parked at the same site execute that instruction together. */
+typedef struct aproto_site {
+  const char* file;
+  uint32_t line;
+  uint32_t column;
+} aproto_site;
+
+/* Services the runtime offers to kernel code. */
 typedef struct aproto_runtime {
   uint32_t abi_version;
   const aproto_thread_pos* (*current)(void);
-  void (*threadgroup_barrier)(uint32_t site);
+  void (*threadgroup_barrier)(aproto_site site);
   /* Deposits `size` bytes for the calling lane and parks until the SIMD operation at `site`
    * resolves; returns the 32 slots (APROTO_SIMD_SLOT_BYTES apart) and, in *mask, the lanes that
    * took part. */
-  const unsigned char* (*simd_exchange)(const void* value, uint32_t size, uint32_t site, uint32_t flags,
+  const unsigned char* (*simd_exchange)(const void* value, uint32_t size, aproto_site site, uint32_t flags,
                                         const char* what, uint32_t* mask);
-  /* Storage of a `threadgroup T name[...]` declaration, shared by the threadgroup, poisoned (0xFF). */
-  void* (*threadgroup_variable)(uint32_t site, uint64_t size, uint64_t align, const char* name);
+  /* Storage of the `threadgroup T name[...]` declaration number `index`, shared by the threadgroup,
+   * poisoned (0xFF). */
+  void* (*threadgroup_variable)(uint32_t index, uint64_t size, uint64_t align, const char* name);
   /* Storage of the [[threadgroup(index)]] parameter. */
   void* (*threadgroup_argument)(uint32_t index);
   /* Aborts the whole dispatch with a message (never returns). */
@@ -58,6 +67,7 @@ typedef struct aproto_buffer_desc {
   const char* name;
   const char* type;   /* the parameter's type as written, address space removed */
   uint64_t min_bytes; /* sizeof(T) for `constant T&`, 0 for pointers */
+  uint64_t align;     /* alignof the pointee: the buffer's address must be a multiple of it */
   int readonly;       /* 1 when the pointee is const */
 } aproto_buffer_desc;
 
@@ -65,6 +75,7 @@ typedef struct aproto_buffer_desc {
 typedef struct aproto_kernel_desc {
   uint32_t abi_version;
   const char* name;
+  uint32_t max_total_threads_per_threadgroup; /* [[max_total_threads_per_threadgroup(n)]], or 0 */
   uint32_t n_buffers;
   const aproto_buffer_desc* buffers;
   uint32_t n_threadgroup_args;

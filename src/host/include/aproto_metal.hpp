@@ -42,7 +42,9 @@ template <class T> constexpr bool is_vec = vinfo<bare<T>>::n > 1;
 inline const aproto_thread_pos& pos() { return *g_rt->current(); }
 inline uint32_t lane() { return pos().thread_index_in_simdgroup[0]; }
 [[noreturn]] inline void fail(const char* msg) { g_rt->fail(msg); __builtin_unreachable(); }
-constexpr uint32_t site(uint32_t line, uint32_t column) { return (line << 12) | (column & 0xfffu); }
+// The value of a function constant. Deliberately not constexpr: Metal compiles a library before the
+// values exist, so a function constant cannot size an array there, and the host refuses it too.
+template <class T> inline T function_constant(T value) { return value; }
 
 // A thread-position attribute as the parameter type the kernel declared (scalar takes [0]).
 template <class T> inline T position(const uint32_t* v) {
@@ -56,15 +58,21 @@ template <class T> inline T position(const uint32_t* v) {
   }
 }
 
+// Alignment a buffer bound to a `T*` / `T&` parameter needs (1 for void).
+template <class T> constexpr uint64_t align_of() {
+  if constexpr (std::is_void_v<std::remove_cv_t<T>>) return 1;
+  else return alignof(T);
+}
+
 // Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
-template <class T> inline T& threadgroup_variable(uint32_t site, const char* name) {
-  return *static_cast<T*>(g_rt->threadgroup_variable(site, sizeof(T), alignof(T), name));
+template <class T> inline T& threadgroup_variable(uint32_t index, const char* name) {
+  return *static_cast<T*>(g_rt->threadgroup_variable(index, sizeof(T), alignof(T), name));
 }
 inline void* threadgroup_argument(uint32_t index) { return g_rt->threadgroup_argument(index); }
 
 // Every taking-part lane deposits `v`; returns the 32 slots and the mask of lanes that took part.
 template <class T>
-inline const unsigned char* exchange(const T& v, uint32_t& mask, uint32_t site, uint32_t flags, const char* what) {
+inline const unsigned char* exchange(const T& v, uint32_t& mask, aproto_site site, uint32_t flags, const char* what) {
   static_assert(sizeof(T) <= APROTO_SIMD_SLOT_BYTES, "value too large for one SIMD exchange");
   return g_rt->simd_exchange(&v, sizeof(T), site, flags, what, &mask);
 }
@@ -75,7 +83,8 @@ template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
 }
 }  // namespace aproto_rt
 
-#define APROTO_SITE uint32_t __site = ::aproto_rt::site(__builtin_LINE(), __builtin_COLUMN())
+// A defaulted last parameter of every barrier and SIMD function: evaluated where the kernel calls it.
+#define APROTO_SITE aproto_site __site = aproto_site{__builtin_FILE(), __builtin_LINE(), __builtin_COLUMN()}
 
 // ------------------------------------------------------------------------------------ metal::
 namespace metal {
@@ -97,8 +106,14 @@ template <class V, class... A> inline V vmake(A... a) {
     int k = 0;
     auto put = [&](auto x) {
       using X = decltype(x);
-      if constexpr (vinfo<X>::n == 1) r[k++] = (E)x;
-      else for (int i = 0; i < vinfo<X>::n; i++) r[k++] = (E)x[i];
+      if constexpr (vinfo<X>::n == 1) {
+        r[k++] = (E)x;
+      } else {
+        static_assert(sizeof...(A) == 1 || std::is_same_v<typename vinfo<X>::elem, E>,
+                      "MSL has no implicit conversion between vector types: convert the vector argument first, "
+                      "e.g. float4(float2(h.xy), 0, 1)");
+        for (int i = 0; i < vinfo<X>::n; i++) r[k++] = (E)x[i];
+      }
     };
     (put(a), ...);
     return r;
@@ -191,10 +206,28 @@ template <class T, int N, class M> inline vec<T, N> select(vec<T, N> a, vec<T, N
   for (int i = 0; i < N; i++) a[i] = c[i] ? b[i] : a[i];
   return a;
 }
-inline uint popcount(uint v) { return (uint)__builtin_popcount(v); }
-inline uint ctz(uint v) { return v ? (uint)__builtin_ctz(v) : 32u; }
-inline uint clz(uint v) { return v ? (uint)__builtin_clz(v) : 32u; }
-template <class T> inline T mulhi(T a, T b) { return (T)(((int64_t)a * (int64_t)b) >> (8 * sizeof(T))); }
+// Bit counts of an integer of T's width (the result has T's type, as in MSL).
+template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> popcount(T v) {
+  return (T)__builtin_popcountll((unsigned long long)(std::make_unsigned_t<T>)v);
+}
+template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> ctz(T v) {
+  auto u = (unsigned long long)(std::make_unsigned_t<T>)v;
+  return (T)(u ? __builtin_ctzll(u) : 8 * sizeof(T));
+}
+template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> clz(T v) {
+  auto u = (unsigned long long)(std::make_unsigned_t<T>)v;
+  return (T)(u ? __builtin_clzll(u) - (64 - 8 * (int)sizeof(T)) : 8 * sizeof(T));
+}
+// The high half of the full product.
+template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> mulhi(T a, T b) {
+  if constexpr (sizeof(T) == 8) {
+    using W = std::conditional_t<std::is_signed_v<T>, __int128, unsigned __int128>;
+    return (T)(((W)a * (W)b) >> 64);
+  } else {
+    using W = std::conditional_t<std::is_signed_v<T>, int64_t, uint64_t>;
+    return (T)(((W)a * (W)b) >> (8 * sizeof(T)));
+  }
+}
 // fast:: and precise:: name the same functions here: the host computes in IEEE float either way.
 namespace fast { using namespace ::metal; }
 namespace precise { using namespace ::metal; }
@@ -270,7 +303,7 @@ APROTO_SIMD_PREFIX(simd_prefix_inclusive_product, '*', true)
 
 namespace detail {
 // Value of lane `src` when it took part, else the caller's own value (undefined in MSL).
-template <class T> inline T shuffle_from(T v, uint32_t src, uint32_t site, const char* what) {
+template <class T> inline T shuffle_from(T v, uint32_t src, aproto_site site, const char* what) {
   uint32_t m;
   const unsigned char* d = aproto_rt::exchange(v, m, site, 0, what);
   return (src < APROTO_SIMD_WIDTH && (m >> src & 1)) ? aproto_rt::slot<T>(d, src) : v;
@@ -382,7 +415,7 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
     lane_only = true;
     return *reinterpret_cast<vec<T, 2>*>(&m[r * 8 + c]);
   }
-  void gather(uint32_t site) const {
+  void gather(aproto_site site) const {
     if (!lane_only) return;
     int r, c;
     sg_matrix_coord(aproto_rt::lane(), r, c);
@@ -410,11 +443,16 @@ template <class T, int C, int R> inline simdgroup_matrix<T, C, R> make_filled_si
   for (int i = 0; i < 64; i++) r.m[i] = value;
   return r;
 }
-// origin is (column, row) of the tile's top-left element, as in MSL.
+// origin is (column, row) of the tile's top-left element in the matrix as loaded: with transpose, in
+// the transposed matrix, so the source offset is origin.x rows and origin.y columns (the convention
+// metal-flash-attention's reimplementation of these functions follows).
+inline ulong sg_matrix_offset(ulong elements_per_row, ulong2 origin, bool transpose) {
+  return transpose ? origin.x * elements_per_row + origin.y : origin.y * elements_per_row + origin.x;
+}
 template <class T, class P>
 inline void simdgroup_load(simdgroup_matrix<T, 8, 8>& d, const P* src, ulong elements_per_row = 8,
                            ulong2 origin = 0, bool transpose = false) {
-  src += origin.y * elements_per_row + origin.x;
+  src += sg_matrix_offset(elements_per_row, origin, transpose);
   for (int r = 0; r < 8; r++)
     for (int c = 0; c < 8; c++)
       d.m[r * 8 + c] = (T)(transpose ? src[c * elements_per_row + r] : src[r * elements_per_row + c]);
@@ -424,7 +462,7 @@ template <class T, class P>
 inline void simdgroup_store(const simdgroup_matrix<T, 8, 8>& s, P* dst, ulong elements_per_row = 8,
                             ulong2 origin = 0, bool transpose = false, APROTO_SITE) {
   s.gather(__site);
-  dst += origin.y * elements_per_row + origin.x;
+  dst += sg_matrix_offset(elements_per_row, origin, transpose);
   for (int r = 0; r < 8; r++)
     for (int c = 0; c < 8; c++)
       (transpose ? dst[c * elements_per_row + r] : dst[r * elements_per_row + c]) = (P)s.m[r * 8 + c];
