@@ -468,6 +468,13 @@ class Translator {
       const std::string before = first > 0 ? s(first - 1).text : ";";
       // a parameter, cast, template argument, or the [[threadgroup(n)]] attribute
       if (before == "(" || before == "," || before == "<" || before == "[") continue;
+      // `threadgroup T* ...` / `threadgroup T& ...` (a return or variable type): only the qualifier goes
+      size_t t = k + 1;
+      while (t < sig_.size() && (s(t).kind == Kind::Ident || is(t, "::"))) {
+        t++;
+        if (is(t, "<")) t = match(t) + 1;
+      }
+      if (is(t, "*") || is(t, "&")) continue;
       const bool statement_start = before == ";" || before == "{" || before == "}" || before == ":" || before == "]";
       size_t semi = statement_end(k);
       bool pointer = false;
