@@ -164,22 +164,28 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 
         // Online softmax. A row that has seen no visible key keeps max = -inf; shifting by 0 instead
         // keeps exp2(-inf - shift) = 0 and avoids -inf - -inf = NaN.
+        //
+        // exp2, not fast::exp2: both arguments below can be -inf (row_max before the first visible key,
+        // masked scores), and Metal's fast:: functions do not promise IEEE handling of infinities, so
+        // only the precise exp2 guarantees exp2(-inf) = 0 (correctness first). Plain exp2 is the
+        // precise one because the library is compiled without fast math (the Metal backend's default,
+        // and -fno-fast-math for prebuilt metallibs; APROTO_METAL_FAST_MATH=1 voids this, and then
+        // also the -INFINITY comparisons). Whether fast::exp2 with a finite sentinel (e.g. -1e30 for
+        // masked scores and the initial max) is measurably faster is a question to measure on an M4.
         const float new_max = max(row_max, step_max);
         const float shift = new_max == -INFINITY ? 0.0f : new_max;
-        const float alpha = fast::exp2(row_max - shift);  // rescales what was accumulated so far
+        const float alpha = exp2(row_max - shift);  // rescales what was accumulated so far
         row_max = new_max;
 
         // P = exp2(S - max) in T: the P V product runs at the input precision, accumulating in float.
-        // fast::exp2 is the hardware instruction (exp2(-inf) = 0); its error of a few ulp is far below
-        // the rounding of P to half/bfloat and adds ~1e-6 relative error in float32.
         simdgroup_matrix<T, 8, 8> p_frag[K_FRAGS];
         float step_sum = 0.0f;
         UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
             thread auto& e = s[j].thread_elements();
             thread auto& pe = p_frag[j].thread_elements();
-            const float p0 = fast::exp2(e[0] - shift);
-            const float p1 = fast::exp2(e[1] - shift);
+            const float p0 = exp2(e[0] - shift);  // e[c] = -inf where masked
+            const float p1 = exp2(e[1] - shift);
             pe[0] = T(p0);
             pe[1] = T(p1);
             step_sum += p0 + p1;
