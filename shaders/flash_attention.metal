@@ -24,8 +24,26 @@
 //   m, l     registers: one float each per lane (the lane's query row), the same in the 4 lanes of a row.
 // ROW = D + 16 bytes of padding: with rows exactly D*sizeof(T) apart (a multiple of 128 bytes for most
 // D) the 8 rows of an 8x8 fragment load fall on the same threadgroup-memory banks; 16 bytes shift each
-// row by 4 banks. Threadgroup bytes = (BLOCK_Q + 2 * BLOCK_K) * (D * sizeof(T) + 16), mirrored by
-// attention_proto.flash_attention.threadgroup_bytes().
+// row by 4 banks.
+//
+// Threadgroup memory is one dynamic buffer, [[threadgroup(0)]], whose length the host sets at dispatch
+// (setThreadgroupMemoryLength:atIndex:0): Metal compiles the library before the function constants
+// have values, so BLOCK_Q, BLOCK_K and HEAD_DIM cannot size a `threadgroup` array (nor any array). The
+// buffer is carved, in this order, into
+//   q_tile  BLOCK_Q rows of ROW    at byte 0
+//   k_tile  BLOCK_K rows of ROW    at byte BLOCK_Q * ROW_BYTES
+//   v_tile  BLOCK_K rows of ROW    at byte (BLOCK_Q + BLOCK_K) * ROW_BYTES
+// with ROW_BYTES = D * sizeof(T) + 16, a multiple of 16 for every supported D (D % 8 == 0), so every
+// tile starts 16-byte aligned and the total, (BLOCK_Q + 2 * BLOCK_K) * (D * sizeof(T) + 16), is the
+// multiple of 16 Metal requires of a threadgroup-memory length. That total is
+// attention_proto.flash_attention.threadgroup_bytes() and threadgroup_bytes() in
+// src/protos/flash_attention.cpp, which dispatch exactly that many bytes at index 0.
+//
+// Register arrays have literal sizes for the same reason: MAX_HEAD_DIM / 8 output fragments and
+// MAX_BLOCK_K / 8 score fragments. Every loop over them is bounded by D_FRAGS / K_FRAGS and marked for
+// full unrolling, so after specialisation the elements past those counts are never touched (dead).
+// Whether Apple's compiler does unroll once the constants are known, keeping the used fragments in
+// registers rather than spilling a dynamically indexed array, is to be checked on an M4.
 #include <metal_stdlib>
 #include "attention_params.h"
 using namespace metal;
@@ -41,6 +59,12 @@ constant uint THREADS = SIMDGROUPS * 32;
 constant uint D_FRAGS = HEAD_DIM / 8;        // 8x8 fragments across the head dimension
 constant uint K_FRAGS = BLOCK_K / 8;         // 8x8 fragments across one step of keys
 constant uint ROW_PAD_BYTES = 16;
+
+// Literal maxima for the register arrays (array sizes must be compile-time constants in MSL; function
+// constants are not). src/protos/flash_attention.cpp (supported_head_dims, kMaxBlockK) and the Python
+// API (HEAD_DIMS, MAX_BLOCK_K) reject head dims and block_k above them.
+constant constexpr uint MAX_HEAD_DIM = 256;  // largest supported D
+constant constexpr uint MAX_BLOCK_K = 128;   // largest block_k, the sweep's largest tile
 
 // Loops over the 8x8 fragments index register arrays (acc, s, p_frag); unrolled once the function
 // constants fix their trip counts, the arrays stay in registers instead of spilling. (The host
@@ -70,13 +94,17 @@ void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint f
     }
 }
 
+// `smem` is the [[threadgroup(0)]] buffer of (BLOCK_Q + 2 * BLOCK_K) * row_stride elements of T,
+// carved into the Q, K and V tiles (see the header comment).
 template <typename T>
 void attention_forward(device const T* q, device const T* k, device const T* v, device T* o,
-                       device float* lse, constant FlashAttentionParams& p,
-                       threadgroup T* q_tile, threadgroup T* k_tile, threadgroup T* v_tile,
+                       device float* lse, constant FlashAttentionParams& p, threadgroup T* smem,
                        uint3 group, ushort sg, ushort lane, ushort tid)
 {
-    const uint row_stride = HEAD_DIM + ROW_PAD_BYTES / sizeof(T);
+    const uint row_stride = HEAD_DIM + ROW_PAD_BYTES / sizeof(T);  // elements; ROW_BYTES / sizeof(T)
+    threadgroup T* q_tile = smem;
+    threadgroup T* k_tile = q_tile + BLOCK_Q * row_stride;
+    threadgroup T* v_tile = k_tile + BLOCK_K * row_stride;
     const uint q_start = group.x * BLOCK_Q;
     const uint head = group.y, batch = group.z;
     const uint kv_head = head / p.q_per_kv;
@@ -106,7 +134,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     const int last_key = int(row) + int(p.kv_len) - int(p.q_len);  // causal: last key the row sees
     threadgroup const T* q_rows = q_tile + sg * 8 * row_stride;
 
-    simdgroup_matrix<float, 8, 8> acc[D_FRAGS];
+    simdgroup_matrix<float, 8, 8> acc[MAX_HEAD_DIM / 8];  // D_FRAGS used
     UNROLL
     for (uint d = 0; d < D_FRAGS; d++) {
         acc[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -121,7 +149,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         // S = Q K^T for this SIMD-group's 8 rows: K^T fragments are transposed loads of the K tile.
-        simdgroup_matrix<float, 8, 8> s[K_FRAGS];
+        simdgroup_matrix<float, 8, 8> s[MAX_BLOCK_K / 8];  // K_FRAGS used
         UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
             s[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -178,7 +206,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         row_max = new_max;
 
         // P = exp2(S - max) in T: the P V product runs at the input precision, accumulating in float.
-        simdgroup_matrix<T, 8, 8> p_frag[K_FRAGS];
+        simdgroup_matrix<T, 8, 8> p_frag[MAX_BLOCK_K / 8];  // K_FRAGS used
         float step_sum = 0.0f;
         UNROLL
         for (uint j = 0; j < K_FRAGS; j++) {
@@ -226,50 +254,44 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     }
 }
 
-// One kernel per element type; each declares the tiles (threadgroup memory belongs to a kernel
-// function) and runs the shared body. Grid: (ceil(Nq / BLOCK_Q), Hq, B) threadgroups of
-// BLOCK_Q / 8 * 32 threads. lse (buffer 4) is written only when WRITE_LSE.
+// One kernel per element type over the shared body. Grid: (ceil(Nq / BLOCK_Q), Hq, B) threadgroups of
+// BLOCK_Q / 8 * 32 threads. lse (buffer 4) is written only when WRITE_LSE. smem (threadgroup(0)) must
+// be threadgroup_bytes() = (BLOCK_Q + 2 * BLOCK_K) * (HEAD_DIM * sizeof(T) + 16) bytes long.
 kernel void flash_attention_f32(device const float* q [[buffer(0)]], device const float* k [[buffer(1)]],
                                 device const float* v [[buffer(2)]], device float* o [[buffer(3)]],
                                 device float* lse [[buffer(4)]],
                                 constant FlashAttentionParams& p [[buffer(5)]],
+                                threadgroup float* smem [[threadgroup(0)]],
                                 uint3 group [[threadgroup_position_in_grid]],
                                 ushort sg [[simdgroup_index_in_threadgroup]],
                                 ushort lane [[thread_index_in_simdgroup]],
                                 ushort tid [[thread_index_in_threadgroup]])
 {
-    threadgroup float q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 4)];
-    threadgroup float k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 4)];
-    threadgroup float v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 4)];
-    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
 }
 
 kernel void flash_attention_f16(device const half* q [[buffer(0)]], device const half* k [[buffer(1)]],
                                 device const half* v [[buffer(2)]], device half* o [[buffer(3)]],
                                 device float* lse [[buffer(4)]],
                                 constant FlashAttentionParams& p [[buffer(5)]],
+                                threadgroup half* smem [[threadgroup(0)]],
                                 uint3 group [[threadgroup_position_in_grid]],
                                 ushort sg [[simdgroup_index_in_threadgroup]],
                                 ushort lane [[thread_index_in_simdgroup]],
                                 ushort tid [[thread_index_in_threadgroup]])
 {
-    threadgroup half q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    threadgroup half k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    threadgroup half v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
 }
 
 kernel void flash_attention_bf16(device const bfloat* q [[buffer(0)]], device const bfloat* k [[buffer(1)]],
                                  device const bfloat* v [[buffer(2)]], device bfloat* o [[buffer(3)]],
                                  device float* lse [[buffer(4)]],
                                  constant FlashAttentionParams& p [[buffer(5)]],
+                                 threadgroup bfloat* smem [[threadgroup(0)]],
                                  uint3 group [[threadgroup_position_in_grid]],
                                  ushort sg [[simdgroup_index_in_threadgroup]],
                                  ushort lane [[thread_index_in_simdgroup]],
                                  ushort tid [[thread_index_in_threadgroup]])
 {
-    threadgroup bfloat q_tile[BLOCK_Q * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    threadgroup bfloat k_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    threadgroup bfloat v_tile[BLOCK_K * (HEAD_DIM + ROW_PAD_BYTES / 2)];
-    attention_forward(q, k, v, o, lse, p, q_tile, k_tile, v_tile, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
 }

@@ -21,7 +21,7 @@ import pytest
 import attention_proto as ap
 from attention_proto import _core, reference
 from attention_proto.flash_attention import (
-    DEFAULT_TILES, HEAD_DIMS, fitting_tiles, flash_attention_timed, pipeline_info, threadgroup_bytes,
+    DEFAULT_TILES, HEAD_DIMS, MAX_BLOCK_K, fitting_tiles, flash_attention_timed, pipeline_info, threadgroup_bytes,
 )
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -152,16 +152,25 @@ def test_timing(backend: str, rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("head_dim", [32, 80, 256])
-def test_threadgroup_bytes_is_what_the_kernel_declares(backend: str, rng: np.random.Generator, head_dim: int,
+def test_threadgroup_bytes_is_what_the_kernel_is_given(backend: str, rng: np.random.Generator, head_dim: int,
                                                        dtype: str) -> None:
+    # The kernel declares no threadgroup arrays (function constants cannot size arrays in MSL): its
+    # tiles are the [[threadgroup(0)]] buffer, dispatched with exactly threadgroup_bytes() bytes.
     block_q, block_k = DEFAULT_TILES[(head_dim, dtype)]
     q, k, v = make_inputs(rng, dtype, 1, 1, 1, 9, 9, head_dim)
-    ap.flash_attention(q, k, v, causal=True, return_lse=True, backend=backend)
-    info = pipeline_info(head_dim, dtype, block_q=block_q, block_k=block_k, causal=True, return_lse=True,
-                         backend=backend)
+    out = poisoned(q.shape, q.dtype)
+    view = (lambda a: a.view(np.uint16)) if dtype == "bfloat16" else (lambda a: a)
+    result = _core.flash_attention(view(q), view(k), view(v), view(out), None, dtype, True, 0.125, block_q,
+                                   block_k, backend, str(ap.shader_dir()))
     expected = threadgroup_bytes(block_q, block_k, head_dim, dtype)
-    assert info["static_threadgroup_memory"] == expected
+    assert result["threadgroup_memory"] == {0: expected}
+    assert expected % 16 == 0  # Metal's rule for a threadgroup-memory length
     assert _core.flash_attention_threadgroup_bytes(block_q, block_k, head_dim, dtype) == expected
+    assert not np.isnan(out.astype(np.float32)).any()
+    # Nothing beyond the dispatched buffer (host: measured by the last dispatch; Metal: the pipeline's
+    # staticThreadgroupMemoryLength).
+    info = pipeline_info(head_dim, dtype, block_q=block_q, block_k=block_k, causal=True, backend=backend)
+    assert info["static_threadgroup_memory"] == 0
 
 
 def test_threadgroup_bytes_formula() -> None:
@@ -181,6 +190,7 @@ def test_default_tiles_cover_every_config_and_fit() -> None:
 def test_fitting_tiles() -> None:
     assert fitting_tiles(256, "float32") == [(8, 8)]
     assert (128, 128) in fitting_tiles(32, "float16")
+    assert (8, 256) not in fitting_tiles(32, "float16", sizes=(8, 256))  # block_k over MAX_BLOCK_K
     assert all(threadgroup_bytes(bq, bk, 96, "bfloat16") <= 32768 for bq, bk in fitting_tiles(96, "bfloat16"))
 
 
@@ -188,10 +198,25 @@ def test_tiles_over_32kb_are_rejected_before_dispatch(backend: str, rng: np.rand
     q, k, v = make_inputs(rng, "float32", 1, 1, 1, 8, 8, 256)
     with pytest.raises(ValueError, match=r"33280 bytes of threadgroup memory.*32768.*\(8, 8\)"):
         ap.flash_attention(q, k, v, block_q=16, block_k=8, backend=backend)
-    # The C++ entry point re-checks it on its own.
-    out = np.empty_like(q)
+    # The C++ entry point re-checks it on its own, before any dispatch: `out` stays untouched.
+    out = poisoned(q.shape, q.dtype)
     with pytest.raises(ap.ResourceLimitError, match=r"\[flash_attention\].*33280"):
         _core.flash_attention(q, k, v, out, None, "float32", False, 0.1, 16, 8, backend, str(ap.shader_dir()))
+    assert np.isnan(out).all()
+
+
+def test_block_k_over_the_register_arrays_is_rejected(backend: str, rng: np.random.Generator) -> None:
+    # The score registers are sized for MAX_BLOCK_K keys (a literal: MSL array sizes cannot be
+    # function constants); a bigger block_k is an error, not an out-of-bounds register write.
+    q, k, v = make_inputs(rng, "float16", 1, 1, 1, 8, 8, 32)
+    bigger = MAX_BLOCK_K + 8
+    assert threadgroup_bytes(8, bigger, 32, "float16") <= 32768  # rejected for the registers alone
+    with pytest.raises(ValueError, match=rf"block_k must be at most {MAX_BLOCK_K}.*got {bigger}"):
+        ap.flash_attention(q, k, v, block_q=8, block_k=bigger, backend=backend)
+    out = np.empty_like(q)
+    with pytest.raises(ValueError, match=rf"\[flash_attention\] block_k {bigger} must be a multiple of 8 in "
+                                         rf"8..{MAX_BLOCK_K}"):
+        _core.flash_attention(q, k, v, out, None, "float16", False, 0.1, 8, bigger, backend, str(ap.shader_dir()))
 
 
 # ---------------------------------------------------------------------------------------- errors

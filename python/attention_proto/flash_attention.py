@@ -7,8 +7,9 @@ sees keys ``j <= i + Nk - Nq``); a query row that sees no key (``Nq > Nk``) outp
 logsumexp is ``-inf``.
 
 Tiles: each threadgroup computes ``block_q`` query rows (one SIMD-group per 8 rows) and walks the keys
-``block_k`` at a time. Q, K and V tiles live in threadgroup memory, :func:`threadgroup_bytes` says how
-much, and configurations over the device's limit (32 KB on Apple GPUs) are rejected before dispatch.
+``block_k`` at a time (at most :data:`MAX_BLOCK_K`). Q, K and V tiles live in the kernel's
+``[[threadgroup(0)]]`` buffer, whose length :func:`threadgroup_bytes` gives and the dispatch sets;
+configurations over the device's limit (32 KB on Apple GPUs) are rejected before dispatch.
 
 Timing: :func:`flash_attention_timed` returns ``(out, lse | None, DispatchTiming)``; the timing is GPU
 time on the ``metal`` backend and CPU wall time of the emulation on the ``host`` backend.
@@ -36,6 +37,10 @@ BLOCK_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128)
 
 MAX_BLOCK_Q = 256
 """block_q / 8 SIMD-groups of 32 threads: 256 rows is Apple's limit of 1024 threads per threadgroup."""
+
+MAX_BLOCK_K = 128
+"""MAX_BLOCK_K in the shader: its score registers are an array of MAX_BLOCK_K / 8 fragments, a literal
+size because MSL array sizes must be compile-time constants (function constants are not)."""
 
 _ROW_PAD_BYTES = 16  # ROW_PAD_BYTES in the shader: padding after each tile row (bank conflicts)
 
@@ -69,15 +74,17 @@ def itemsize(dtype: Any) -> int:
 
 
 def threadgroup_bytes(block_q: int, block_k: int, head_dim: int, dtype: Any) -> int:
-    """Threadgroup memory of one configuration in bytes, mirroring the kernel's declarations.
+    """Threadgroup memory of one configuration in bytes: the length of the kernel's ``[[threadgroup(0)]]``
+    buffer, which the dispatch sets and the kernel carves into its tiles.
 
-    The kernel declares a Q tile of ``block_q`` rows and K and V tiles of ``block_k`` rows each; a row
-    holds ``head_dim`` elements plus 16 bytes of padding (which keeps the 8 rows of an 8x8 fragment load
-    on different threadgroup-memory banks)::
+    A Q tile of ``block_q`` rows, then K and V tiles of ``block_k`` rows each; a row holds ``head_dim``
+    elements plus 16 bytes of padding (which keeps the 8 rows of an 8x8 fragment load on different
+    threadgroup-memory banks)::
 
         (block_q + 2 * block_k) * (head_dim * itemsize + 16)
 
-    Every tile is a multiple of 16 bytes, so they pack without alignment gaps.
+    Every tile is a multiple of 16 bytes, so each starts 16-byte aligned and the total is the multiple
+    of 16 Metal requires of a threadgroup-memory length.
     """
     for name, value in (("block_q", block_q), ("block_k", block_k), ("head_dim", head_dim)):
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -89,7 +96,7 @@ def fitting_tiles(head_dim: int, dtype: Any, limit: int = 32768,
                   sizes: tuple[int, ...] = BLOCK_SIZES) -> list[tuple[int, int]]:
     """Every ``(block_q, block_k)`` from ``sizes`` whose threadgroup memory is at most ``limit`` bytes."""
     return [(bq, bk) for bq in sizes for bk in sizes
-            if bq <= MAX_BLOCK_Q and threadgroup_bytes(bq, bk, head_dim, dtype) <= limit]
+            if bq <= MAX_BLOCK_Q and bk <= MAX_BLOCK_K and threadgroup_bytes(bq, bk, head_dim, dtype) <= limit]
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,6 +206,9 @@ def _prepare(q: Any, k: Any, v: Any, causal: bool, scale: float | None, block_q:
     if block_q > MAX_BLOCK_Q:
         raise ValueError(f"block_q must be at most {MAX_BLOCK_Q} (block_q / 8 SIMD-groups of 32 threads, "
                          f"1024 threads per threadgroup), got {block_q}")
+    if block_k > MAX_BLOCK_K:
+        raise ValueError(f"block_k must be at most {MAX_BLOCK_K} (the kernel's score registers are sized for "
+                         f"MAX_BLOCK_K = {MAX_BLOCK_K} keys), got {block_k}")
     need, limit = threadgroup_bytes(block_q, block_k, head_dim, dtype), _threadgroup_limit(backend)
     if need > limit:
         raise ValueError(f"block_q={block_q}, block_k={block_k} need {need} bytes of threadgroup memory for "
@@ -257,7 +267,8 @@ def flash_attention(
             (float32, float16 or ``ml_dtypes.bfloat16``), C-contiguous, ``D`` in :data:`HEAD_DIMS`.
         causal: bottom-right aligned causal mask (query i sees keys ``j <= i + Nk - Nq``).
         scale: softmax scale, ``1 / sqrt(D)`` when None.
-        block_q, block_k: tile sizes (multiples of 8); defaults from :data:`DEFAULT_TILES`.
+        block_q, block_k: tile sizes (multiples of 8, block_q <= :data:`MAX_BLOCK_Q`, block_k <=
+            :data:`MAX_BLOCK_K`); defaults from :data:`DEFAULT_TILES`.
         return_lse: also return the logsumexp of each query row (natural log, float32 ``[B, Hq, Nq]``).
         backend: ``"metal"`` or ``"host"``; None picks the best available.
         out, lse_out: arrays to write the results into (shape and dtype as returned); allocated if None.
@@ -280,7 +291,8 @@ def pipeline_info(head_dim: int, dtype: Any, *, block_q: int, block_k: int, caus
                   return_lse: bool = False, backend: str | None = None) -> dict[str, Any]:
     """Facts of one configuration's pipeline (built on first use): function, key, compile seconds,
     cache, and ``static_threadgroup_memory``, which on the host backend is what the last dispatch of
-    that configuration measured (0 before any dispatch)."""
+    that configuration measured (0 before any dispatch). The kernel declares no threadgroup arrays, so
+    it stays 0: its tiles are the ``[[threadgroup(0)]]`` buffer of :func:`threadgroup_bytes` bytes."""
     return dict(_core.flash_attention_pipeline_info(
         int(head_dim), _dtype_name(dtype), _check_block("block_q", block_q), _check_block("block_k", block_k),
         bool(causal), bool(return_lse), _backend_name(backend), str(shader_dir())))

@@ -74,7 +74,8 @@ void init_flash_attention(nb::module_& m) {
         return fa::threadgroup_bytes(block_q, block_k, head_dim, fa::parse_dtype(dtype));
       },
       "block_q"_a, "block_k"_a, "head_dim"_a, "dtype"_a,
-      "Threadgroup memory in bytes of one flash attention configuration, as the kernel declares it.");
+      "Threadgroup memory in bytes of one flash attention configuration: the length of the kernel's\n"
+      "[[threadgroup(0)]] tile buffer.");
 
   m.def(
       "flash_attention",
@@ -98,15 +99,18 @@ void init_flash_attention(nb::module_& m) {
         d["bytes_copied"] = r.dispatch.bytes_copied;
         d["buffers_copied"] = r.dispatch.buffers_copied;
         d["pipeline"] = aproto::bindings::to_dict(r.pipeline);
+        nb::dict tg;  // [[threadgroup(n)]] index -> bytes, as dispatched
+        for (const auto& [index, bytes] : r.threadgroup_memory) tg[nb::int_(index)] = bytes;
+        d["threadgroup_memory"] = tg;
         return d;
       },
       "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(), "out"_a.noconvert(), "lse"_a.noconvert().none(),
       "dtype"_a, "causal"_a, "scale"_a, "block_q"_a, "block_k"_a, "backend"_a, "shader_dir"_a,
       "Flash attention forward into `out` (and the logsumexp into `lse`, float32 [B, Hq, Nq], when given).\n"
       "q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D], out like q: C-contiguous arrays used in place (bfloat16 as\n"
-      "uint16 views). Every shape is re-checked (ValueError '[flash_attention] ...'). Returns the timing and\n"
-      "the pipeline's facts as a dict. Use attention_proto.flash_attention instead: it validates and\n"
-      "picks defaults.");
+      "uint16 views). Every shape is re-checked (ValueError '[flash_attention] ...'). Returns a dict: the\n"
+      "timing, the pipeline's facts and threadgroup_memory, the dispatched {[[threadgroup(n)]] index: bytes}.\n"
+      "Use attention_proto.flash_attention instead: it validates and picks defaults.");
 
   m.def(
       "flash_attention_pipeline_info",
@@ -122,5 +126,6 @@ void init_flash_attention(nb::module_& m) {
       },
       "head_dim"_a, "dtype"_a, "block_q"_a, "block_k"_a, "causal"_a, "write_lse"_a, "backend"_a, "shader_dir"_a,
       "Facts of one flash attention pipeline (built on first use). On the host backend\n"
-      "static_threadgroup_memory is what the last dispatch measured (0 before any).");
+      "static_threadgroup_memory is what the last dispatch measured (0 before any); the kernel declares\n"
+      "none, its tiles are the [[threadgroup(0)]] buffer.");
 }

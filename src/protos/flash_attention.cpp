@@ -17,6 +17,9 @@ namespace {
 constexpr const char* kShaderFile = "flash_attention.metal";
 constexpr uint64_t kRowPadBytes = 16;  // ROW_PAD_BYTES in the shader
 constexpr uint32_t kMaxBlockQ = 256;   // 32 SIMD-groups = 1024 threads, Apple's per-threadgroup limit
+// MAX_BLOCK_K in the shader: the score registers are an array of literal size MAX_BLOCK_K / 8 (MSL array
+// sizes must be compile-time constants, which function constants are not), so larger blocks cannot run.
+constexpr uint32_t kMaxBlockK = 128;
 constexpr int64_t kMaxLength = int64_t(1) << 30;  // the kernel computes row - Nq + Nk in 32-bit ints
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("[flash_attention] " + what); }
@@ -68,7 +71,9 @@ const std::string& shader_text(const std::string& path) {
 void check_blocks(uint32_t block_q, uint32_t block_k) {
   if (block_q < 8 || block_q % 8 != 0 || block_q > kMaxBlockQ)
     bad("block_q " + std::to_string(block_q) + " must be a multiple of 8 in 8.." + std::to_string(kMaxBlockQ));
-  if (block_k < 8 || block_k % 8 != 0) bad("block_k " + std::to_string(block_k) + " must be a multiple of 8 (>= 8)");
+  if (block_k < 8 || block_k % 8 != 0 || block_k > kMaxBlockK)
+    bad("block_k " + std::to_string(block_k) + " must be a multiple of 8 in 8.." + std::to_string(kMaxBlockK) +
+        " (the kernel's score registers are sized for MAX_BLOCK_K = " + std::to_string(kMaxBlockK) + " keys)");
 }
 
 void check_head_dim(int64_t head_dim) {
@@ -186,10 +191,15 @@ Result run(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, c
   DispatchArgs args;
   args.grid = {uint32_t((Nq + options.block_q - 1) / options.block_q), uint32_t(Hq), uint32_t(B)};
   args.threadgroup = {options.block_q / 8 * 32, 1, 1};
+  // The Q, K and V tiles are the kernel's [[threadgroup(0)]] buffer (it declares no threadgroup arrays:
+  // their sizes depend on function constants, which cannot size arrays in MSL). build_pipeline checked
+  // this length against the device limit; it is a multiple of 16 bytes, as Metal requires.
+  args.threadgroup_memory = {{0, threadgroup_bytes(options.block_q, options.block_k, uint32_t(D), options.dtype)}};
   Result result;
   result.dispatch = backend.dispatch(*pipeline, buffers, args);
   result.pipeline = pipeline->info();
   result.backend = backend.info().backend;
+  result.threadgroup_memory = args.threadgroup_memory;
   return result;
 }
 

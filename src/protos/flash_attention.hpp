@@ -2,6 +2,7 @@
 // shaders/flash_attention.metal and dispatches it on the caller's memory (no copies on the host).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,7 @@ struct Tensor {
 struct Options {
   DType dtype = DType::Float32;
   uint32_t block_q = 0;  // query rows per threadgroup (multiple of 8)
-  uint32_t block_k = 0;  // keys per step (multiple of 8)
+  uint32_t block_k = 0;  // keys per step (multiple of 8, at most 128: MAX_BLOCK_K in the shader)
   bool causal = false;
   float scale = 0.0f;
   std::string backend;     // "" = the best available
@@ -42,10 +43,12 @@ struct Result {
   DispatchResult dispatch;
   PipelineInfo pipeline;
   std::string backend;
+  std::map<uint32_t, uint64_t> threadgroup_memory;  // the dispatch's [[threadgroup(n)]] lengths in bytes
 };
 
-// Threadgroup memory of one configuration in bytes, exactly as the kernel declares it:
-// (block_q + 2 * block_k) rows of head_dim elements plus 16 bytes of padding each.
+// Threadgroup memory of one configuration in bytes, the length dispatched as the kernel's
+// [[threadgroup(0)]] buffer: (block_q + 2 * block_k) rows of head_dim elements plus 16 bytes of
+// padding each (a multiple of 16 bytes).
 uint64_t threadgroup_bytes(uint32_t block_q, uint32_t block_k, uint32_t head_dim, DType dtype);
 
 // Runs O = softmax(scale * Q K^T + mask) V into `o` (and the logsumexp into `lse` when not null).
