@@ -23,7 +23,8 @@ void gemm_tile(device const T* A, device const T* B, device float* C, constant D
         simdgroup_matrix<T, 8, 8> a, b;
         simdgroup_load(a, A, d.K, ulong2(k, tile.y * 8));
         if (TRANSPOSE_B) {
-            simdgroup_load(b, B, d.K, ulong2(k, tile.x * 8), true);    // B is [N, K]
+            // B is [N, K]; origin is in the loaded (transposed, [K, N]) matrix: column tile.x * 8, row k
+            simdgroup_load(b, B, d.K, ulong2(tile.x * 8, k), true);
         } else {
             simdgroup_load(b, B, d.N, ulong2(tile.x * 8, k));          // B is [K, N]
         }
@@ -107,12 +108,16 @@ def test_thread_elements_follow_apple_layout(backend: str, rng: np.random.Genera
 
 
 # A tiled GEMM staging tiles in a [[threadgroup(0)]] buffer: 4 SIMD-groups, tile sizes as constants.
+# The accumulator array has literal sizes (function constants cannot size arrays in MSL): the largest
+# tiles the test uses, with the loops bounded by TM / 32 and TN / 8.
 TILED_GEMM = r"""
 #include <metal_stdlib>
 using namespace metal;
 constant uint TM [[function_constant(0)]];
 constant uint TN [[function_constant(1)]];
 constant uint TK [[function_constant(2)]];
+constant constexpr uint MAX_TM = 64;   // TM <= MAX_TM, TN <= MAX_TN (the parametrised tiles)
+constant constexpr uint MAX_TN = 32;
 
 kernel void tiled(device const half* A [[buffer(0)]], device const half* B [[buffer(1)]],
                   device float* C [[buffer(2)]], constant uint3& mnk [[buffer(3)]],
@@ -126,7 +131,7 @@ kernel void tiled(device const half* A [[buffer(0)]], device const half* B [[buf
     const uint M = mnk.x, N = mnk.y, K = mnk.z;
     const uint row0 = tg.y * TM, col0 = tg.x * TN;
     // SIMD-group sg owns output rows [sg * TM/4, (sg+1) * TM/4) and all TN columns
-    simdgroup_float8x8 acc[TM / 32][TN / 8];
+    simdgroup_float8x8 acc[MAX_TM / 32][MAX_TN / 8];   // [TM / 32][TN / 8] used
     for (uint i = 0; i < TM / 32; i++)
         for (uint j = 0; j < TN / 8; j++) acc[i][j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     for (uint k0 = 0; k0 < K; k0 += TK) {
@@ -169,6 +174,7 @@ kernel void tiled(device const half* A [[buffer(0)]], device const half* B [[buf
 def test_tiled_gemm_with_threadgroup_argument(backend: str, rng: np.random.Generator,
                                              tiles: tuple[int, int, int]) -> None:
     TM, TN, TK = tiles
+    assert TM <= 64 and TN <= 32  # MAX_TM, MAX_TN in the kernel
     M, N, K = 70, 33, 45  # edges in every dimension
     a = rng.normal(size=(M, K)).astype(np.float16)
     b = rng.normal(size=(K, N)).astype(np.float16)
