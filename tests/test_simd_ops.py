@@ -86,7 +86,8 @@ DIVERGENT = r"""
 #include <metal_stdlib>
 using namespace metal;
 // Lanes below `split` and lanes from `split` up reduce separately: a SIMD function acts on the
-// lanes that execute it together (the active lanes).
+// lanes that execute it together (the active lanes). The two arms differ (operation and where they
+// write) so that no compiler can merge them into one unconditional, non-divergent statement.
 kernel void divergent(device const float* x [[buffer(0)]],
                       device float* out [[buffer(1)]],
                       device uint* active [[buffer(2)]],
@@ -94,17 +95,12 @@ kernel void divergent(device const float* x [[buffer(0)]],
                       uint lane [[thread_index_in_simdgroup]])
 {
     float v = x[lane];
-    float r;
     if (lane < split) {
-        r = simd_sum(v);
+        out[lane] = simd_sum(v);
+        active[lane] = uint(ulong(simd_active_threads_mask()));        // low half of `active`
     } else {
-        r = simd_max(v);
-    }
-    out[lane] = r;
-    if (lane < split) {
-        active[lane] = uint(ulong(simd_active_threads_mask()));
-    } else {
-        active[lane] = uint(ulong(simd_active_threads_mask()));
+        out[lane] = simd_max(v);
+        active[32 + lane] = uint(ulong(simd_active_threads_mask()));   // high half of `active`
     }
 }
 """
@@ -115,13 +111,16 @@ def test_simd_function_in_divergent_branch_uses_active_lanes(backend: str, rng: 
                                                              split: int) -> None:
     x = rng.normal(size=32).astype(np.float32)
     out = np.full(32, np.nan, dtype=np.float32)
-    active = np.zeros(32, dtype=np.uint32)
+    untouched = np.uint32(0xDEADBEEF)
+    active = np.full(64, untouched, dtype=np.uint32)  # [0, 32): lanes < split; [32, 64): the others
     ap.Kernel(DIVERGENT, "divergent")(x, out, active, np.uint32(split), grid=1, threadgroup=32, backend=backend)
     np.testing.assert_allclose(out[:split], x[:split].astype(np.float64).sum(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out[split:], x[split:].max())
     low = (1 << split) - 1
     np.testing.assert_array_equal(active[:split], np.uint32(low))
-    np.testing.assert_array_equal(active[split:], np.uint32(0xFFFFFFFF ^ low))
+    np.testing.assert_array_equal(active[32 + split:], np.uint32(0xFFFFFFFF ^ low))
+    # each lane wrote only in its own arm's half
+    np.testing.assert_array_equal(active[split:32 + split], untouched)
 
 
 PARTIAL_SIMDGROUP = r"""
