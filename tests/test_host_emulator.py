@@ -175,13 +175,12 @@ def test_threadgroup_memory_limit_names_kernel_and_bytes(host_only: str) -> None
     k = kernel("""
         kernel void big(device float* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {
             threadgroup float small[1024];
-            threadgroup float large[N];
+            threadgroup float large[7200];
             small[tid] = 0.0f;
             large[tid] = 1.0f;
             threadgroup_barrier(mem_flags::mem_threadgroup);
             out[tid] = large[tid] + small[tid];
-        }
-        """.replace("kernel void big", "constant uint N [[function_constant(0)]];\nkernel void big"), "big", N=7200)
+        }""", "big")
     with pytest.raises(ap.ResourceLimitError, match=r"kernel 'big' needs 32896 bytes of threadgroup memory \(at "
                                                     r"`threadgroup` variable 'large' of 28800 bytes"):
         k(np.zeros(32, np.float32), grid=1, threadgroup=32, backend=host_only)
@@ -306,6 +305,40 @@ def test_compile_error_points_at_the_shader_line(host_only: str, tmp_path: Path)
     y = np.zeros(5, np.float32)
     ap.Kernel.from_file(good, "good")(y, grid=1, threadgroup=5, backend=host_only)
     np.testing.assert_array_equal(y, 2 * np.arange(5))
+
+
+# The note the host backend adds to the C++ compiler's error (src/host/compiler.cpp).
+FUNCTION_CONSTANT_ARRAY_SIZE = (r"note: in MSL a function constant, or a constant computed from one, cannot size an "
+                                r"array \(Metal compiles the library before the values exist\)")
+
+
+@pytest.mark.parametrize("declaration", [
+    "float a[N];",                   # thread-local, sized by the function constant itself
+    "threadgroup float a[N];",       # threadgroup
+    "float a[HALF_N];",              # through a program-scope constant derived from it
+    "threadgroup float a[HALF_N];",
+])
+def test_function_constant_cannot_size_an_array(host_only: str, declaration: str) -> None:
+    """As on Metal, which compiles the library before function constants have values (SPIRV-Cross:
+    specialization constants used as array lengths cannot be function constants in MSL): the host
+    backend must not accept what Apple's compiler rejects."""
+    source = """
+        constant uint N [[function_constant(0)]];
+        constant uint HALF_N = N / 2;
+        constant constexpr uint MAX_N = 64;
+        kernel void sized(device float* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {
+            DECLARATION
+            a[tid % HALF_N] = float(tid);
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+            out[tid] = a[tid % HALF_N];
+        }"""
+    with pytest.raises(ap.ShaderCompileError, match=FUNCTION_CONSTANT_ARRAY_SIZE):
+        kernel(source.replace("DECLARATION", declaration), "sized", N=8).pipeline(host_only)
+    # The MSL way: a literal maximum, the function constant bounds the loops only.
+    literal = declaration.replace("[N]", "[MAX_N]").replace("[HALF_N]", "[MAX_N / 2]")
+    out = np.full(4, np.nan, np.float32)
+    kernel(source.replace("DECLARATION", literal), "sized", N=8)(out, grid=1, threadgroup=4, backend=host_only)
+    np.testing.assert_array_equal(out, np.arange(4))
 
 
 def test_argument_errors_name_the_buffer(host_only: str) -> None:
