@@ -227,3 +227,18 @@ def test_concurrent_first_compiles_in_one_process(host_only: str, tmp_path: Path
     assert not errors, errors
     for j, out in results.items():
         np.testing.assert_array_equal(out, float(j % 3))
+
+
+def test_one_helper_called_from_two_divergent_branches(host_only: str) -> None:
+    """The helper's simd_sum runs once per branch, each time with that branch's lanes only."""
+    out = run("""
+        float reduce(float x) { return simd_sum(x); }
+        __attribute__((noinline)) float reduce_call(float x) { return simd_sum(x); }
+        kernel void both(device float* out [[buffer(0)]], uint l [[thread_index_in_simdgroup]]) {
+            float r, q;
+            if (l < 12) { r = reduce(1.0f); q = reduce_call(1.0f); }
+            else        { r = reduce(2.0f); q = reduce_call(2.0f); }
+            out[l] = r + 1000.0f * q;
+        }""", "both", 32)
+    expected = np.where(np.arange(32) < 12, 12.0, 40.0)
+    np.testing.assert_array_equal(out, expected + 1000.0 * expected)

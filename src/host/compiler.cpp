@@ -117,6 +117,13 @@ Toolchain find_toolchain() {
   if (t.description.empty()) t.description = first_line(out);
   t.flags = {"-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-exceptions", "-fno-rtti",
              "-fno-threadsafe-statics", "-fno-math-errno",
+             // call sites of SIMD operations are told apart by their call path: keep every frame
+             "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls",
+             // every function may reach a SIMD operation: none may be merged across divergent branches
+             // (what a GPU compiler assumes; clang's default for C++ is the opposite)
+             "-fconvergent-functions",
+             // and the CPU code generator, which ignores convergence, must not merge identical call tails
+             "-mllvm", "-enable-tail-merge=false",
              // MSL has no variable-length arrays; an array sized by a function constant must fail here
              // as it does in Metal, not become a clang extension.
              "-Werror=vla", "-Werror=vla-extension", "-ffp-contract=fast", "-Wno-unknown-attributes",

@@ -6,8 +6,8 @@
 //  - SIMD operations first: in each SIMD-group, the lanes parked at the earliest waiting call site (in
 //    source order) form the active set, the lanes that would execute that instruction together on the
 //    GPU (lanes elsewhere or finished are inactive); settling the earliest site first lets lanes that
-//    loop longer catch up before the others' code after the loop runs. A limit: calls of one helper
-//    function from two divergent branches share the helper's call site and are settled together. Operations that need every lane
+//    loop longer catch up before the others' code after the loop runs. A site is the source location
+//    plus the call path to it, so one helper called from two divergent branches gives two sites. Operations that need every lane
 //    (simdgroup_barrier, simdgroup_matrix gathers) fail if the active set is not the whole SIMD-group.
 //  - Threadgroup barriers last: they open only when every thread waits at the same barrier. A thread
 //    that returned, or waits at another barrier, makes the group a deadlock, reported with the threads
@@ -103,7 +103,8 @@ struct Worker {
 thread_local Worker* tl_worker __attribute__((tls_model("initial-exec"))) = nullptr;
 
 bool same_site(const aproto_site& a, const aproto_site& b) {
-  return a.line == b.line && a.column == b.column && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+  return a.line == b.line && a.column == b.column && a.context == b.context &&
+         (a.file == b.file || std::strcmp(a.file, b.file) == 0);
 }
 
 bool earlier(const aproto_site& a, const aproto_site& b) {
@@ -481,6 +482,8 @@ void start_group(Worker& w, uint64_t linear) {
     p.thread_index_in_quadgroup[0] = i % 4;
     p.quadgroup_index_in_threadgroup[0] = i / 4;
     p.quadgroups_per_threadgroup[0] = (n + 3) / 4;
+    p.stack_low = (uint64_t)(uintptr_t)w.stacks->stack(i);
+    p.stack_high = p.stack_low + w.stacks->stack_bytes();
     f.state = State::Runnable;
     f.site = aproto_site{};
     f.flags = 0;

@@ -5,7 +5,7 @@
 #define APROTO_KERNEL_ABI_H
 #include <stdint.h>
 
-#define APROTO_ABI_VERSION 4
+#define APROTO_ABI_VERSION 5
 #define APROTO_SIMD_WIDTH 32
 #define APROTO_SIMD_SLOT_BYTES 64 /* largest value one lane can exchange in one SIMD operation */
 
@@ -32,14 +32,18 @@ typedef struct aproto_thread_pos {
   uint32_t thread_index_in_quadgroup[3];
   uint32_t quadgroup_index_in_threadgroup[3];
   uint32_t quadgroups_per_threadgroup[3];
+  uint64_t stack_low, stack_high; /* the fiber's stack: bounds for walking its frames */
 } aproto_thread_pos;
 
-/* A call site in the shader source (the file as named by #line directives). Barriers and SIMD
- * operations are matched by it: lanes parked at the same site execute that instruction together. */
+/* A call site in the shader source (the file as named by #line directives), and the dynamic context of
+ * the call (a hash of the return addresses on the way to it: inlined copies and calls of one helper
+ * from different places differ). Barriers and SIMD operations are matched by it: lanes parked at the
+ * same site execute that instruction together. */
 typedef struct aproto_site {
   const char* file;
   uint32_t line;
   uint32_t column;
+  uint64_t context;
 } aproto_site;
 
 /* Services the runtime offers to kernel code. */

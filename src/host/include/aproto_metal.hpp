@@ -71,11 +71,16 @@ template <class T> inline T& threadgroup_variable(uint32_t index, const char* na
 inline void* threadgroup_argument(uint32_t index) { return g_rt->threadgroup_argument(index); }
 
 // Every taking-part lane deposits `v`; returns the 32 slots and the mask of lanes that took part.
+__attribute__((noinline, convergent)) inline const unsigned char* exchange_bytes(
+    const void* v, uint32_t size, uint32_t& mask, aproto_site site, uint32_t flags, const char* what) {
+  return g_rt->simd_exchange(v, size, site, flags, what, &mask);
+}
 template <class T>
 inline const unsigned char* exchange(const T& v, uint32_t& mask, aproto_site site, uint32_t flags, const char* what) {
   static_assert(sizeof(T) <= APROTO_SIMD_SLOT_BYTES, "value too large for one SIMD exchange");
-  return g_rt->simd_exchange(&v, sizeof(T), site, flags, what, &mask);
+  return exchange_bytes(&v, sizeof(T), mask, site, flags, what);
 }
+__attribute__((noinline, convergent)) inline void barrier(aproto_site site) { g_rt->threadgroup_barrier(site); }
 template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
   T t;
   std::memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
@@ -83,8 +88,32 @@ template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
 }
 }  // namespace aproto_rt
 
+namespace aproto_rt {
+// Hash of the return addresses from the caller up to the kernel's entry. Its first address is the call
+// itself (distinct for every inlined copy of a helper); the frame-pointer chain (kernels are built with
+// -fno-omit-frame-pointer) adds the call sites of non-inlined helpers. Frames are followed only inside
+// the fiber's stack, upwards.
+// convergent (like every call below that meets other lanes): the optimiser must not merge the calls
+// of two divergent branches into one, which would merge their sites.
+__attribute__((noinline, convergent)) inline uint64_t call_context() {
+  const aproto_thread_pos& p = pos();
+  uint64_t h = (uint64_t)(uintptr_t)__builtin_return_address(0);
+  uintptr_t fp = (uintptr_t)__builtin_frame_address(0);
+  for (int depth = 0; depth < 64; depth++) {
+    uintptr_t next = *(const uintptr_t*)fp;  // the caller's frame
+    if (next <= fp || next < p.stack_low || next + 2 * sizeof(void*) > p.stack_high) break;
+    h = (h ^ *(const uintptr_t*)(next + sizeof(void*))) * 1099511628211ull;
+    fp = next;
+  }
+  return h;
+}
+}  // namespace aproto_rt
+
 // A defaulted last parameter of every barrier and SIMD function: evaluated where the kernel calls it.
-#define APROTO_SITE aproto_site __site = aproto_site{__builtin_FILE(), __builtin_LINE(), __builtin_COLUMN()}
+#define APROTO_SITE                                                                                  \
+  aproto_site __site = aproto_site {                                                                  \
+    __builtin_FILE(), __builtin_LINE(), __builtin_COLUMN(), ::aproto_rt::call_context()               \
+  }
 
 // ------------------------------------------------------------------------------------ metal::
 namespace metal {
@@ -257,7 +286,7 @@ enum class mem_flags : uint32_t {
   mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4, mem_threadgroup_imageblock = 8, mem_object_data = 16
 };
 constexpr mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(uint32_t(a) | uint32_t(b)); }
-inline void threadgroup_barrier(mem_flags = mem_flags::mem_none, APROTO_SITE) { aproto_rt::g_rt->threadgroup_barrier(__site); }
+inline void threadgroup_barrier(mem_flags = mem_flags::mem_none, APROTO_SITE) { aproto_rt::barrier(__site); }
 inline void simdgroup_barrier(mem_flags = mem_flags::mem_none, APROTO_SITE) {
   uint32_t m;
   aproto_rt::exchange(0, m, __site, APROTO_SIMD_ALL_LANES, "simdgroup_barrier");
