@@ -349,8 +349,9 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
   // data up to 4 KB: no buffer object, and not counted as a copy.
   struct Bound {
     NS::SharedPtr<MTL::Buffer> buffer;
-    bool copied = false;
+    bool copied = false;      // this slot owns a copy of the caller's memory
     bool inline_bytes = false;
+    bool write_back = false;  // the copy goes back to the caller (some slot sharing it is writable)
   };
   std::vector<Bound> bound(buffers.size());
   for (size_t i = 0; i < buffers.size(); i++) {
@@ -369,12 +370,25 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
         continue;
       }
     }
+    // Slots bound to the same array share one copy: writes through one are seen through the other,
+    // and copying back cannot undo them.
+    bool shared = false;
+    for (size_t j = 0; j < i && !shared; j++) {
+      if (bound[j].copied && buffers[j].data == arg.data && buffers[j].nbytes == arg.nbytes) {
+        bound[i].buffer = bound[j].buffer;
+        bound[j].write_back |= arg.writable;
+        shared = true;
+      }
+    }
+    if (shared) continue;
     MTL::Buffer* copy = s_->device->newBuffer(arg.nbytes, MTL::ResourceStorageModeShared);
     if (!copy)
       throw DispatchError("[metal] kernel '" + pinfo.function + "': cannot allocate " +
                           std::to_string(arg.nbytes) + " bytes for buffer " + std::to_string(i));
     std::memcpy(copy->contents(), arg.data, arg.nbytes);
-    bound[i] = {NS::TransferPtr(copy), true};
+    bound[i].buffer = NS::TransferPtr(copy);
+    bound[i].copied = true;
+    bound[i].write_back = arg.writable;
     result.buffers_copied++;
     result.bytes_copied += arg.nbytes;
   }
@@ -400,7 +414,7 @@ DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<Buff
   result.seconds = cmd->GPUEndTime() - cmd->GPUStartTime();
   result.timer = "gpu";
   for (size_t i = 0; i < bound.size(); i++) {
-    if (!bound[i].copied || !buffers[i].writable) continue;
+    if (!bound[i].copied || !bound[i].write_back) continue;
     std::memcpy(buffers[i].data, bound[i].buffer->contents(), buffers[i].nbytes);
     result.bytes_copied += buffers[i].nbytes;
   }
