@@ -48,11 +48,9 @@ std::string cpu_name() {
 
 class HostPipeline : public Pipeline {
  public:
-  HostPipeline(PipelineInfo info, const aproto_kernel_desc* desc, std::string source_name)
-      : info_(std::move(info)), desc_(desc), source_name_(std::move(source_name)) {}
+  HostPipeline(PipelineInfo info, const aproto_kernel_desc* desc) : info_(std::move(info)), desc_(desc) {}
   const PipelineInfo& info() const override { return info_; }
   const aproto_kernel_desc* desc() const { return desc_; }
-  const std::string& source_name() const { return source_name_; }
   // What a run measured (host kernels declare threadgroup memory as they reach it).
   void record_threadgroup_bytes(uint64_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -63,7 +61,6 @@ class HostPipeline : public Pipeline {
   std::mutex mutex_;
   PipelineInfo info_;
   const aproto_kernel_desc* desc_;
-  std::string source_name_;
 };
 
 class HostBackend : public Backend {
@@ -94,8 +91,7 @@ class HostBackend : public Backend {
       if (it != cache_.end()) return it->second;
     }
     std::string name = source.path.empty() ? "<source>" : source.path;
-    host::Translation tu = host::translate(resolved, function, constants, name);
-    host::CompiledKernel compiled = host::compile_kernel(tu.cpp, function);
+    host::CompiledKernel compiled = host::compile_kernel(host::translate(resolved, function, constants, name), function);
     PipelineInfo info;
     info.function = function;
     info.key = pipeline_key(function, constants);
@@ -106,7 +102,7 @@ class HostBackend : public Backend {
     info.thread_execution_width = APROTO_SIMD_WIDTH;
     info.compile_seconds = compiled.compile_seconds;
     info.cache = compiled.from_disk_cache ? "disk" : "compiled";
-    auto p = std::make_shared<HostPipeline>(info, compiled.desc, name.substr(name.find_last_of('/') + 1));
+    auto p = std::make_shared<HostPipeline>(info, compiled.desc);
     std::lock_guard<std::mutex> lock(mutex_);
     return cache_.emplace(key, p).first->second;
   }
@@ -127,7 +123,6 @@ class HostBackend : public Backend {
     launch.threadgroup_limit = info_.max_threadgroup_memory;
     launch.workers = info_.compute_units;
     launch.stack_bytes = env_u64("APROTO_HOST_STACK_KB", 256) * 1024;
-    launch.source_name = p.source_name();
     launch.timeout_seconds = (double)env_u64("APROTO_HOST_TIMEOUT", 600);
     for (auto& [index, bytes] : args.threadgroup_memory) launch.threadgroup_args.push_back({index, bytes});
     for (uint32_t i = 0; i < k->n_threadgroup_args; i++) {

@@ -30,7 +30,6 @@ struct GridLaunch {
   unsigned workers = 0;                      // 0: one per core
   size_t stack_bytes = 256 * 1024;
   double timeout_seconds = 0;                // > 0: a dispatch running longer fails instead of hanging
-  std::string source_name;                   // for "file:line" in messages
 };
 
 enum class Failure { None, Deadlock, Timeout, Limit, Fault, Kernel };

@@ -192,7 +192,7 @@ class Translator {
       if (t_[i].kind != Kind::Space && t_[i].kind != Kind::Directive) sig_.push_back(i);
   }
 
-  Translation run() {
+  std::string run() {
     find_kernels();
     parse_kernel_params();
     rewrite_function_constants();
@@ -202,12 +202,9 @@ class Translator {
     rewrite_threadgroup_declarations();
     drop_attributes();
     rewrite_qualifiers_and_conversions();
-    Translation out;
-    out.source_name = name_;
-    out.cpp = "#include \"aproto_metal.hpp\"\n";
-    for (const auto& tok : t_) out.cpp += tok.out;
-    out.cpp += entry_point();
-    return out;
+    std::string out = "#include \"aproto_metal.hpp\"\n";
+    for (const auto& tok : t_) out += tok.out;
+    return out + entry_point();
   }
 
  private:
@@ -691,7 +688,7 @@ class Translator {
 
 }  // namespace
 
-Translation translate(const std::string& source, const std::string& function, const Constants& constants,
+std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name) {
   return Translator(source, function, constants, source_name).run();
 }

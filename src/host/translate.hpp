@@ -17,13 +17,9 @@
 
 namespace aproto::host {
 
-struct Translation {
-  std::string cpp;           // the C++ translation unit
-  std::string source_name;   // file name used in messages
-};
-
-// `source` is the include-resolved text (runtime/source.hpp). Throws CompileError ("file:line: ...").
-Translation translate(const std::string& source, const std::string& function, const Constants& constants,
+// The C++ translation unit of `function`. `source` is the include-resolved text (runtime/source.hpp);
+// `source_name` names it in messages until its first #line. Throws CompileError ("file:line: ...").
+std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name);
 
 }  // namespace aproto::host

@@ -149,13 +149,11 @@ template <class V, class... A> inline V vmake(A... a) {
   }
 }
 // static_cast<float4>(v) and (float4)v are conversions in MSL but bit casts on clang vectors;
-// the translator rewrites both into convert<float4>(v) / vcast<float4>{}->*v.
+// the translator rewrites both into convert<float4>(v).
 template <class V, class A> inline V convert(A a) {
   if constexpr (aproto_rt::is_vec<A>) return __builtin_convertvector(a, V);
   else return vmake<V>(a);
 }
-template <class V> struct vcast {};
-template <class V, class A> inline V operator->*(vcast<V>, A a) { return convert<V>(a); }
 template <class To, class From> inline To as_type(From f) {
   static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
   return __builtin_bit_cast(To, f);
