@@ -284,6 +284,7 @@ CompiledKernel compile_kernel(const std::string& cpp, const std::string& functio
     rename(tmp.c_str(), so.c_str());  // atomic: concurrent builders of the same key agree
     out.compile_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
+  const auto load_start = std::chrono::steady_clock::now();
   void* handle = dlopen(so.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) throw CompileError("[host] cannot load " + so + ": " + dlerror());
   auto desc = static_cast<const aproto_kernel_desc*>(dlsym(handle, "aproto_kernel"));
@@ -291,6 +292,7 @@ CompiledKernel compile_kernel(const std::string& cpp, const std::string& functio
     throw CompileError("[host] " + so + " is not a kernel library of this version (stale cache? delete " + dir + ")");
   desc->bind(runtime_table());
   out.desc = desc;
+  out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   return out;
 }
 

@@ -18,6 +18,7 @@ struct CompiledKernel {
   const aproto_kernel_desc* desc = nullptr;
   std::string library_path;
   double compile_seconds = 0.0;  // 0 when loaded from the disk cache
+  double load_seconds = 0.0;     // dlopen and binding of the shared object
   bool from_disk_cache = false;
 };
 

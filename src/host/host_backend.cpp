@@ -1,5 +1,6 @@
 #include "host/host_backend.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include "host/compiler.hpp"
 #include "host/scheduler.hpp"
 #include "host/translate.hpp"
+#include "runtime/arguments.hpp"
 #include "runtime/source.hpp"
 
 #ifdef __APPLE__
@@ -46,21 +48,34 @@ std::string cpu_name() {
   return "unknown CPU";
 }
 
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// A compiled kernel library, shared by every lookup of its spec.
+struct HostVariant {
+  const aproto_kernel_desc* desc = nullptr;
+  PipelineInfo info;                            // as first built
+  std::atomic<uint64_t> threadgroup_bytes{0};   // what runs measured (host kernels declare as they go)
+};
+
 class HostPipeline : public Pipeline {
  public:
-  HostPipeline(PipelineInfo info, const aproto_kernel_desc* desc) : info_(std::move(info)), desc_(desc) {}
-  const PipelineInfo& info() const override { return info_; }
-  const aproto_kernel_desc* desc() const { return desc_; }
-  // What a run measured (host kernels declare threadgroup memory as they reach it).
-  void record_threadgroup_bytes(uint64_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    info_.static_threadgroup_memory = std::max(info_.static_threadgroup_memory, bytes);
+  HostPipeline(std::shared_ptr<HostVariant> variant, bool from_memory) : v_(std::move(variant)), memory_(from_memory) {}
+  PipelineInfo info() const override {
+    PipelineInfo i = v_->info;
+    i.static_threadgroup_memory = v_->threadgroup_bytes.load();
+    if (memory_) {  // this lookup built nothing
+      i.cache = "memory";
+      i.library_origin = "memory";
+      i.library_seconds = i.function_seconds = i.pipeline_seconds = 0.0;
+    }
+    return i;
   }
+  HostVariant& variant() const { return *v_; }
 
  private:
-  std::mutex mutex_;
-  PipelineInfo info_;
-  const aproto_kernel_desc* desc_;
+  std::shared_ptr<HostVariant> v_;
+  bool memory_;
 };
 
 class HostBackend : public Backend {
@@ -81,41 +96,67 @@ class HostBackend : public Backend {
 
   const DeviceInfo& info() const override { return info_; }
 
-  std::shared_ptr<Pipeline> pipeline(const Source& source, const std::string& function,
-                                     const Constants& constants) override {
-    const std::string resolved = resolve_includes(source);
-    const std::string key = content_hash(resolved) + ":" + pipeline_key(function, constants);
+  std::shared_ptr<Pipeline> pipeline(const Source& source, const PipelineSpec& spec) override {
+    const std::string name = source.path.empty() ? "<source>" : source.path;
+    const std::string resolved = with_defines(resolve_includes(source), spec.defines, name);
+    const std::string key = content_hash(resolved) + ":" + spec.key();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = cache_.find(key);
-      if (it != cache_.end()) return it->second;
+      if (it != cache_.end()) return std::make_shared<HostPipeline>(it->second, true);
     }
-    std::string name = source.path.empty() ? "<source>" : source.path;
-    host::CompiledKernel compiled = host::compile_kernel(host::translate(resolved, function, constants, name), function);
-    PipelineInfo info;
-    info.function = function;
-    info.key = pipeline_key(function, constants);
-    info.max_total_threads_per_threadgroup =
-        compiled.desc->max_total_threads_per_threadgroup
-            ? std::min(compiled.desc->max_total_threads_per_threadgroup, info_.max_threads_per_threadgroup)
-            : info_.max_threads_per_threadgroup;
+    check_constant_names(resolved, spec.constants, "[host] " + spec.key());
+    if (!spec.linked_functions.empty())
+      throw CompileError("[host] " + spec.key() + ": linked functions are not supported by the host backend yet "
+                         "(prototype 2 adds them)");
+    auto v = std::make_shared<HostVariant>();
+    PipelineInfo& info = v->info;
+    info.function = spec.function;
+    info.key = spec.key();
+    info.arguments = kernel_arguments(resolved, spec.function, name);
+    const auto t0 = Clock::now();
+    const std::string cpp = host::translate(resolved, spec.function, spec.constants, name);
+    const double translate_seconds = seconds_since(t0);
+    host::CompiledKernel compiled = host::compile_kernel(cpp, spec.function);
+    v->desc = compiled.desc;
+    uint32_t max_threads = info_.max_threads_per_threadgroup;
+    if (compiled.desc->max_total_threads_per_threadgroup)
+      max_threads = std::min(max_threads, compiled.desc->max_total_threads_per_threadgroup);
+    if (spec.max_threads_per_threadgroup) max_threads = std::min(max_threads, spec.max_threads_per_threadgroup);
+    info.max_total_threads_per_threadgroup = max_threads;
     info.thread_execution_width = APROTO_SIMD_WIDTH;
-    info.compile_seconds = compiled.compile_seconds;
     info.cache = compiled.from_disk_cache ? "disk" : "compiled";
-    auto p = std::make_shared<HostPipeline>(info, compiled.desc);
+    info.library_origin = compiled.from_disk_cache ? "disk" : "source";
+    info.library_seconds = translate_seconds + compiled.compile_seconds;
+    info.pipeline_seconds = compiled.load_seconds;
     std::lock_guard<std::mutex> lock(mutex_);
-    return cache_.emplace(key, p).first->second;
+    auto [it, fresh] = cache_.emplace(key, v);
+    return std::make_shared<HostPipeline>(it->second, !fresh);
   }
 
-  DispatchResult dispatch(Pipeline& pipeline, const std::vector<BufferArg>& buffers,
-                          const DispatchArgs& args) override {
-    auto& p = dynamic_cast<HostPipeline&>(pipeline);
-    const aproto_kernel_desc* k = p.desc();
-    const std::string who = "[host] kernel '" + std::string(k->name) + "'";
-    PipelineInfo check = p.info();
-    check.static_threadgroup_memory = 0;  // known only once threads declare it; enforced as they do
-    validate_dispatch(info_, check, args);
+  DispatchResult dispatch(const std::vector<Dispatch>& steps, uint32_t repeat) override {
+    for (const Dispatch& step : steps) {
+      auto& p = dynamic_cast<HostPipeline&>(*step.pipeline);
+      PipelineInfo check = p.info();
+      check.static_threadgroup_memory = 0;  // known only once threads declare it; enforced as they do
+      validate_dispatch(info_, check, step.buffers, step.args);
+    }
+    DispatchResult out;
+    out.repeat = std::max(1u, repeat);
+    out.timer = "wall";
+    const auto start = Clock::now();
+    for (uint32_t r = 0; r < out.repeat; r++)
+      for (const Dispatch& step : steps) run_one(dynamic_cast<HostPipeline&>(*step.pipeline).variant(), step, out);
+    out.seconds = out.wall_seconds = seconds_since(start) / out.repeat;
+    return out;
+  }
 
+ private:
+  void run_one(HostVariant& v, const Dispatch& step, DispatchResult& out) {
+    const aproto_kernel_desc* k = v.desc;
+    const std::string who = "[host] kernel '" + std::string(k->name) + "'";
+    const std::vector<BufferArg>& buffers = step.buffers;
+    const DispatchArgs& args = step.args;
     host::GridLaunch launch;
     launch.kernel = k;
     launch.grid = args.grid;
@@ -125,56 +166,47 @@ class HostBackend : public Backend {
     launch.stack_bytes = env_u64("APROTO_HOST_STACK_KB", 256) * 1024;
     launch.timeout_seconds = (double)env_u64("APROTO_HOST_TIMEOUT", 600);
     for (auto& [index, bytes] : args.threadgroup_memory) launch.threadgroup_args.push_back({index, bytes});
-    for (uint32_t i = 0; i < k->n_threadgroup_args; i++) {
-      bool given = args.threadgroup_memory.count(k->threadgroup_arg_indices[i]);
-      if (!given)
-        throw DispatchError(who + " has a [[threadgroup(" + std::to_string(k->threadgroup_arg_indices[i]) +
-                            ")]] parameter but the dispatch gave it no length");
-    }
 
     const bool checked = args.checked || env_flag("APROTO_CHECKED");
     // A buffer runs from a copy in checked mode (a guarded one) or when its address is not aligned for
-    // the kernel's pointer type (Metal copies such memory too; both count it). Slots bound to the same
-    // array share one copy, so a write through one slot is seen through the other, as on the GPU.
-    std::map<std::pair<void*, size_t>, std::shared_ptr<host::GuardedBuffer>> copies;
-    std::vector<std::shared_ptr<host::GuardedBuffer>> staged(buffers.size());
-    DispatchResult out;
+    // the kernel's pointer type (Metal copies such memory too; both count it). The decision is made per
+    // memory range: every slot bound to the same array uses the one copy, so a write through one slot is
+    // seen through the other, as on the GPU, and no stale copy is written back over it.
+    using Range = std::pair<void*, size_t>;
+    std::map<Range, uint64_t> align;  // the strictest alignment any slot asks of a range
+    std::map<Range, bool> written;
+    for (uint32_t i = 0; i < k->n_buffers; i++) {
+      const aproto_buffer_desc& b = k->buffers[i];
+      const BufferArg& a = buffers[b.index];  // validate_dispatch checked every slot is bound
+      if (a.nbytes < b.min_bytes)
+        throw ArgumentError(who + ": [[buffer(" + std::to_string(b.index) + ")]] '" + b.name + "' (" + b.type +
+                            ") needs " + std::to_string(b.min_bytes) + " bytes, got " + std::to_string(a.nbytes));
+      align[{a.data, a.nbytes}] = std::max<uint64_t>(align[{a.data, a.nbytes}], b.align);
+      written[{a.data, a.nbytes}] = written[{a.data, a.nbytes}] || !b.readonly;
+    }
+    std::map<Range, std::shared_ptr<host::GuardedBuffer>> copies;
+    for (const auto& [range, alignment] : align) {
+      const bool misaligned = (uintptr_t)range.first % alignment != 0;
+      if (!checked && !misaligned) continue;
+      copies[range] = std::make_shared<host::GuardedBuffer>(range.first, range.second, std::max<uint64_t>(alignment, 16));
+      if (misaligned) {
+        out.buffers_copied++;
+        out.bytes_copied += range.second * (written[range] ? 2 : 1);
+      }
+    }
     launch.buffers.assign(buffers.size(), nullptr);
     for (uint32_t i = 0; i < k->n_buffers; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
-      std::string what = "buffer " + std::to_string(b.index) + " ('" + b.name + "', " + b.type + ")";
-      if (b.index >= buffers.size() || !buffers[b.index].data)
-        throw DispatchError(who + ": " + what + " is not bound (the kernel has " + std::to_string(k->n_buffers) +
-                            " buffer parameters; pass one array per [[buffer(n)]] index)");
       const BufferArg& a = buffers[b.index];
-      if (a.nbytes < b.min_bytes)
-        throw DispatchError(who + ": " + what + " needs " + std::to_string(b.min_bytes) + " bytes, got " +
-                            std::to_string(a.nbytes));
-      if (!b.readonly && !a.writable)
-        throw DispatchError(who + ": " + what + " is writable in the kernel but the array passed is read-only");
-      const bool misaligned = (uintptr_t)a.data % b.align != 0;
-      if (checked || misaligned) {
-        auto& copy = copies[{a.data, a.nbytes}];
-        if (!copy) {
-          copy = std::make_shared<host::GuardedBuffer>(a.data, a.nbytes, std::max<uint64_t>(b.align, 16));
-          if (misaligned) {
-            out.buffers_copied++;
-            out.bytes_copied += a.nbytes * (b.readonly ? 1 : 2);
-          }
-        }
-        staged[b.index] = copy;
-        launch.buffers[b.index] = copy->data();
-      } else {
-        launch.buffers[b.index] = a.data;
-      }
+      auto copy = copies.find({a.data, a.nbytes});
+      launch.buffers[b.index] = copy != copies.end() ? copy->second->data() : a.data;
       launch.ranges.push_back({b.index, b.name, (const char*)launch.buffers[b.index], a.nbytes});
     }
 
-    auto start = std::chrono::steady_clock::now();
     host::GridResult r = host::run_grid(launch);
-    out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    out.timer = "wall";
-    p.record_threadgroup_bytes(r.threadgroup_variable_bytes);
+    uint64_t seen = v.threadgroup_bytes.load();
+    while (r.threadgroup_variable_bytes > seen && !v.threadgroup_bytes.compare_exchange_weak(seen, r.threadgroup_variable_bytes)) {
+    }
     switch (r.failure) {
       case host::Failure::None: break;
       case host::Failure::Deadlock:
@@ -188,21 +220,17 @@ class HostBackend : public Backend {
     }
     for (uint32_t i = 0; i < k->n_buffers && checked; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
-      if (size_t under = staged[b.index]->underrun_bytes())
+      if (size_t under = copies.at({buffers[b.index].data, buffers[b.index].nbytes})->underrun_bytes())
         throw OutOfBoundsError(who + ": out-of-bounds write before the start of buffer " + std::to_string(b.index) +
                                " ('" + b.name + "'), " + std::to_string(under) + " bytes before offset 0");
     }
-    for (uint32_t i = 0; i < k->n_buffers; i++) {
-      const aproto_buffer_desc& b = k->buffers[i];
-      if (staged[b.index] && !b.readonly) staged[b.index]->copy_back(buffers[b.index].data);  // shared: same bytes
-    }
-    return out;
+    for (const auto& [range, copy] : copies)
+      if (written[range]) copy->copy_back(range.first);
   }
 
- private:
   DeviceInfo info_;
   std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<Pipeline>> cache_;
+  std::map<std::string, std::shared_ptr<HostVariant>> cache_;
 };
 
 }  // namespace

@@ -175,14 +175,6 @@ const std::set<std::string>& dropped_qualifiers() {
   return s;
 }
 
-struct KernelParam {
-  std::string type;  // C++ type text (address spaces removed)
-  std::string name;
-  std::string attr;  // buffer, threadgroup, a position attribute
-  std::string arg;   // the attribute's argument, e.g. "0"
-  int line = 0;
-};
-
 class Translator {
  public:
   Translator(const std::string& source, const std::string& function, const Constants& constants,
@@ -190,6 +182,12 @@ class Translator {
       : t_(lex(source, name)), function_(function), constants_(constants), name_(name) {
     for (size_t i = 0; i < t_.size(); i++)
       if (t_[i].kind != Kind::Space && t_[i].kind != Kind::Directive) sig_.push_back(i);
+  }
+
+  std::vector<KernelParameter> parameters() {
+    find_kernels();
+    parse_kernel_params();
+    return params_;
   }
 
   std::string run() {
@@ -213,7 +211,7 @@ class Translator {
   std::string function_;
   const Constants& constants_;
   std::string name_;
-  std::vector<KernelParam> params_;
+  std::vector<KernelParameter> params_;
   std::vector<std::pair<size_t, size_t>> other_kernel_bodies_;  // sig ranges of their { ... }
   std::vector<std::pair<size_t, size_t>> other_kernels_;        // sig ranges, from `kernel` to '}' 
   std::vector<std::string> kernel_names_;
@@ -344,8 +342,10 @@ class Translator {
         end++;
       }
       if (end == k) error(k, "empty kernel parameter");
-      KernelParam p;
+      KernelParameter p;
       p.line = s(k).line;
+      for (size_t j = k; j < end; j++)
+        if (s(j).text == "device" || s(j).text == "constant" || s(j).text == "threadgroup") p.address_space = s(j).text;
       size_t last = end - 1, decl_end = end;
       size_t attr_start;
       if (attribute_before(last, attr_start)) {
@@ -687,6 +687,11 @@ class Translator {
 };
 
 }  // namespace
+
+std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
+                                               const std::string& source_name) {
+  return Translator(source, function, {}, source_name).parameters();
+}
 
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name) {

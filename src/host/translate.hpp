@@ -12,6 +12,7 @@
 // Lines are preserved, so compiler messages point at the shader's own file:line.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "runtime/constants.hpp"
 
@@ -21,5 +22,22 @@ namespace aproto::host {
 // `source_name` names it in messages until its first #line. Throws CompileError ("file:line: ...").
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name);
+
+// One parameter of a kernel as declared. `type` is the C++ type text with address spaces removed (e.g.
+// "const float*", "const Params&"), `attr` the attribute ("buffer", "threadgroup", a position
+// attribute), `arg` its argument ("0"), `address_space` the declared one ("device", "constant", ...).
+struct KernelParameter {
+  std::string type;
+  std::string name;
+  std::string attr;
+  std::string arg;
+  std::string address_space;
+  int line = 0;
+};
+
+// The parameters of kernel `function` in declaration order (parse only, no translation); the runtime
+// checks call arguments against them on every backend. Throws CompileError.
+std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
+                                               const std::string& source_name);
 
 }  // namespace aproto::host

@@ -22,15 +22,10 @@ std::string ConstantValue::literal() const {
   return "";
 }
 
-std::string pipeline_key(const std::string& function, const Constants& constants) {
-  std::string key = function + "[";
-  bool first = true;
-  for (const auto& [name, value] : constants) {
-    if (!first) key += ",";
-    key += name + "=" + value.literal();
-    first = false;
-  }
-  return key + "]";
+std::string constants_key(const Constants& constants) {
+  std::string key;
+  for (const auto& [name, value] : constants) key += (key.empty() ? "" : ",") + name + "=" + value.literal();
+  return key;
 }
 
 }  // namespace aproto

@@ -21,8 +21,8 @@ struct ConstantValue {
 // Keyed by the constant's name, or by "#<index>" for the [[function_constant(index)]] slot.
 using Constants = std::map<std::string, ConstantValue>;
 
-// A stable spelling of every specialisation, e.g. "flash_attention[BR=16,BC=64,CAUSAL=true]";
-// it keys pipeline caches.
-std::string pipeline_key(const std::string& function, const Constants& constants);
+// A stable spelling of a set of values, e.g. "BLOCK_K=64u,CAUSAL=true" (sorted by key); part of
+// PipelineSpec::key().
+std::string constants_key(const Constants& constants);
 
 }  // namespace aproto

@@ -7,6 +7,15 @@
 
 namespace aproto {
 
+// Bad input from the caller (a shape, a size, a value): Python ValueError, whichever entry point sees it.
+struct ArgumentError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+// An argument of the wrong type or dtype: Python TypeError.
+struct ArgumentTypeError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -19,11 +28,12 @@ struct ArchiveMissError : CompileError { using CompileError::CompileError; };
 struct DispatchError : Error { using Error::Error; };
 // Threads of a threadgroup wait on a barrier or SIMD operation that others never reach.
 struct DeadlockError : DispatchError { using DispatchError::DispatchError; };
-// A device limit was exceeded (threadgroup memory, threads per threadgroup).
+// A device limit was exceeded (threadgroup memory, threads per threadgroup). Caused by the caller's
+// configuration, so Python's ResourceLimitError is also a ValueError.
 struct LimitError : DispatchError { using DispatchError::DispatchError; };
 // Checked mode caught a device-buffer access outside its buffer.
 struct OutOfBoundsError : DispatchError { using DispatchError::DispatchError; };
-// The requested backend does not exist on this machine.
+// The requested backend does not exist on this machine (Python: also a ValueError).
 struct BackendUnavailable : Error { using Error::Error; };
 
 }  // namespace aproto

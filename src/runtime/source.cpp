@@ -1,6 +1,8 @@
 #include "runtime/source.hpp"
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <set>
@@ -107,6 +109,93 @@ std::string resolve_includes(const Source& source) {
   std::string out = "#line 1 \"" + path + "\"\n";
   expand(source.text, path, source.include_dirs, stack, once, out);
   return out;
+}
+
+namespace {
+
+// `text` with comments and string literals blanked (newlines kept), for declaration scans.
+std::string code_only(const std::string& text) {
+  std::string out = text;
+  for (size_t i = 0; i < out.size(); i++) {
+    if (out[i] == '/' && i + 1 < out.size() && out[i + 1] == '/') {
+      while (i < out.size() && out[i] != '\n') out[i++] = ' ';
+    } else if (out[i] == '/' && i + 1 < out.size() && out[i + 1] == '*') {
+      size_t end = out.find("*/", i + 2);
+      end = end == std::string::npos ? out.size() : end + 2;
+      for (; i < end; i++)
+        if (out[i] != '\n') out[i] = ' ';
+      i--;
+    } else if (out[i] == '"') {
+      for (i++; i < out.size() && out[i] != '"' && out[i] != '\n'; i++) {
+        if (out[i] == '\\' && i + 1 < out.size()) out[i++] = ' ';
+        out[i] = ' ';
+      }
+    }
+  }
+  return out;
+}
+
+bool is_identifier(const std::string& s) {
+  if (s.empty() || !(std::isalpha((unsigned char)s[0]) || s[0] == '_')) return false;
+  for (char c : s)
+    if (!(std::isalnum((unsigned char)c) || c == '_')) return false;
+  return true;
+}
+
+}  // namespace
+
+std::map<std::string, uint32_t> declared_function_constants(const std::string& text) {
+  const std::string code = code_only(text);
+  std::map<std::string, uint32_t> out;
+  const std::string word = "function_constant";
+  for (size_t at = code.find(word); at != std::string::npos; at = code.find(word, at + word.size())) {
+    // NAME [[ function_constant ( index ) ]]: walk back over "[[" to the name
+    size_t b = at;
+    auto skip_space_back = [&] { while (b > 0 && std::isspace((unsigned char)code[b - 1])) b--; };
+    skip_space_back();
+    if (b < 2 || code[b - 1] != '[' || code[b - 2] != '[') continue;
+    b -= 2;
+    skip_space_back();
+    size_t end = b;
+    while (b > 0 && (std::isalnum((unsigned char)code[b - 1]) || code[b - 1] == '_')) b--;
+    const std::string name = code.substr(b, end - b);
+    size_t open = code.find_first_not_of(" \t\n", at + word.size());
+    if (!is_identifier(name) || open == std::string::npos || code[open] != '(') continue;
+    out[name] = uint32_t(std::strtoul(code.c_str() + open + 1, nullptr, 0));
+  }
+  return out;
+}
+
+void check_constant_names(const std::string& text, const Constants& constants, const std::string& who) {
+  if (constants.empty()) return;
+  const auto declared = declared_function_constants(text);
+  for (const auto& [key, value] : constants) {
+    bool found = false;
+    if (key[0] == '#') {
+      const uint32_t index = uint32_t(std::strtoul(key.c_str() + 1, nullptr, 10));
+      for (const auto& [name, i] : declared) found |= i == index;
+    } else {
+      found = declared.count(key) != 0;
+    }
+    if (found) continue;
+    std::string list;
+    for (const auto& [name, i] : declared) list += (list.empty() ? "" : ", ") + name + " (" + std::to_string(i) + ")";
+    throw CompileError(who + ": constant '" + key + "' was given but the source declares no such function constant "
+                       "(declared: " + (list.empty() ? "none" : list) + ")");
+  }
+}
+
+std::string with_defines(const std::string& text, const std::map<std::string, std::string>& defines,
+                         const std::string& path) {
+  if (defines.empty()) return text;
+  std::string out;
+  for (const auto& [name, value] : defines) {
+    if (!is_identifier(name)) throw CompileError("[runtime] define '" + name + "' is not a macro name");
+    if (value.find('\n') != std::string::npos)
+      throw CompileError("[runtime] define '" + name + "': the value must be a single line");
+    out += "#define " + name + (value.empty() ? "" : " " + value) + "\n";
+  }
+  return out + "#line 1 \"" + (path.empty() ? "<source>" : path) + "\"\n" + text;
 }
 
 std::string content_hash(const std::string& text) {
