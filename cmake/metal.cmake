@@ -39,7 +39,10 @@ target_sources(_core PRIVATE
   "${PROJECT_SOURCE_DIR}/src/metal/binary_archive.cpp")
 target_include_directories(_core SYSTEM PRIVATE "${APROTO_METAL_CPP_DIR}")
 target_compile_definitions(_core PRIVATE APROTO_WITH_METAL)
-target_link_libraries(_core PRIVATE "-framework Metal" "-framework Foundation")
+# CoreGraphics: "In macOS, in order for the system to provide a default Metal device object, you must link
+# to the Core Graphics framework ... if you're writing apps that don't use graphics by default, such as
+# command line tools" (MTLCreateSystemDefaultDevice docs). Python is such a process; tinygrad loads it too.
+target_link_libraries(_core PRIVATE "-framework Metal" "-framework Foundation" "-framework CoreGraphics")
 
 # --- Prebuilt metallibs ---------------------------------------------------------------------------------
 if(APROTO_PREBUILD_METALLIB)

@@ -24,27 +24,19 @@ BinaryArchive::BinaryArchive(MTL::Device* device, std::string path) : device_(de
   archive_ = NS::TransferPtr(archive);
 }
 
-NS::SharedPtr<MTL::ComputePipelineDescriptor> BinaryArchive::descriptor(MTL::Function* function,
-                                                                        bool with_archive) const {
-  auto desc = NS::TransferPtr(MTL::ComputePipelineDescriptor::alloc()->init());
-  desc->setComputeFunction(function);
-  if (with_archive) desc->setBinaryArchives(NS::Array::array(archive_.get()));
-  return desc;
-}
-
-void BinaryArchive::add(MTL::Function* function) {
+void BinaryArchive::add(const MTL::ComputePipelineDescriptor* descriptor, const std::string& what) {
   AutoreleasePoolScope pool;
   NS::Error* error = nullptr;
-  if (!archive_->addComputePipelineFunctions(descriptor(function, false).get(), &error))
-    throw CompileError("[metal] cannot add '" + std::string(function->name()->utf8String()) +
-                       "' to binary archive '" + path_ + "': " + error_text(error));
+  if (!archive_->addComputePipelineFunctions(descriptor, &error))
+    throw CompileError("[metal] cannot add " + what + " to binary archive '" + path_ + "': " + error_text(error));
 }
 
-MTL::ComputePipelineState* BinaryArchive::build(MTL::Function* function, std::string& miss_reason) {
+MTL::ComputePipelineState* BinaryArchive::build(MTL::ComputePipelineDescriptor* descriptor, std::string& miss_reason) {
   AutoreleasePoolScope pool;
+  descriptor->setBinaryArchives(NS::Array::array(archive_.get()));
   NS::Error* error = nullptr;
   MTL::ComputePipelineState* state = device_->newComputePipelineState(
-      descriptor(function, true).get(), MTL::PipelineOptionFailOnBinaryArchiveMiss, nullptr, &error);
+      descriptor, MTL::PipelineOptionFailOnBinaryArchiveMiss, nullptr, &error);
   if (!state) miss_reason = error ? error_text(error) : "not in the archive";
   return state;
 }

@@ -18,20 +18,21 @@ class BinaryArchive {
   const std::string& path() const { return path_; }
   bool loaded_from_file() const { return loaded_; }
 
-  // Compiles `function` (already specialised with its constants) and adds its GPU binary. Throws CompileError.
-  void add(MTL::Function* function);
+  // Compiles the pipeline `descriptor` describes and adds its GPU binary; `what` names it in messages.
+  // Throws CompileError.
+  void add(const MTL::ComputePipelineDescriptor* descriptor, const std::string& what);
 
-  // Builds the pipeline of `function` from the archive alone (MTL::PipelineOptionFailOnBinaryArchiveMiss).
-  // Returns a pipeline the caller owns, or nullptr on a miss with the driver's reason in `miss_reason`.
-  MTL::ComputePipelineState* build(MTL::Function* function, std::string& miss_reason);
+  // Builds the pipeline of `descriptor` from the archive alone (MTL::PipelineOptionFailOnBinaryArchiveMiss).
+  // The descriptor is the lookup key, so it must describe the pipeline exactly as the one given to add()
+  // did: both come from pipeline_descriptor() in metal_backend.cpp. This adds the archive to its
+  // binaryArchives. Returns a pipeline the caller owns, or nullptr on a miss with the driver's reason in
+  // `miss_reason`.
+  MTL::ComputePipelineState* build(MTL::ComputePipelineDescriptor* descriptor, std::string& miss_reason);
 
   // Writes the archive to path() (through a temporary file renamed over it). Throws Error.
   void serialize();
 
  private:
-  // add() and build() must use the same descriptor settings: they are part of the archive's lookup key.
-  NS::SharedPtr<MTL::ComputePipelineDescriptor> descriptor(MTL::Function* function, bool with_archive) const;
-
   MTL::Device* device_;  // not owned: the backend outlives its archive
   std::string path_;
   bool loaded_ = false;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <utility>
@@ -19,6 +21,8 @@
 
 #include "metal/binary_archive.hpp"
 #include "metal/metal_util.hpp"
+#include "runtime/arguments.hpp"
+#include "runtime/memory.hpp"
 #include "runtime/source.hpp"
 
 namespace aproto {
@@ -37,7 +41,6 @@ constexpr bool kPrebuiltMetallibs = false;
 #endif
 
 constexpr size_t kMaxInlineBytes = 4096;  // setBytes limit Apple recommends for one argument
-constexpr size_t kMaxBindings = 31;  // Metal's argument tables: [[buffer(0..30)]], [[threadgroup(0..30)]]
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -51,6 +54,21 @@ bool fast_math_from_env() {
   return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0);
 }
 
+// --- Device --------------------------------------------------------------------------------------------
+
+// MLX's order: the first device of MTLCopyAllDevices(), then MTLCreateSystemDefaultDevice() (which returns
+// nil in a command-line process without CoreGraphics; cmake/metal.cmake links it). `how` receives the call
+// that found the device.
+NS::SharedPtr<MTL::Device> find_device(std::string& how) {
+  auto all = NS::TransferPtr(MTL::CopyAllDevices());  // owned: a Copy function
+  if (all && all->count() > 0) {
+    how = "MTLCopyAllDevices";
+    return NS::RetainPtr(all->object<MTL::Device>(0));  // the array owns its elements
+  }
+  how = "MTLCreateSystemDefaultDevice";
+  return NS::TransferPtr(MTL::CreateSystemDefaultDevice());  // owned: a Create function
+}
+
 std::string gpu_family(MTL::Device* device) {
   const std::pair<MTL::GPUFamily, const char*> families[] = {
       {MTL::GPUFamilyApple10, "apple10"}, {MTL::GPUFamilyApple9, "apple9"},
@@ -58,6 +76,32 @@ std::string gpu_family(MTL::Device* device) {
   for (const auto& [family, name] : families)
     if (device->supportsFamily(family)) return name;
   return device->supportsFamily(MTL::GPUFamilyMac2) ? "mac2" : "unknown";
+}
+
+// --- Libraries -----------------------------------------------------------------------------------------
+
+// What pipeline() and archive_add() derive from their arguments before taking the lock.
+struct Prepared {
+  std::string name;          // source.path, or "<source>"
+  std::string text;          // include-resolved source: what Metal compiles (defines go in as preprocessorMacros)
+  std::string parsed;        // `text` after one `#define` line per define (with_defines): the host backend's
+                             // input, so the parses both backends share (constants, arguments) read one text
+  std::string library_key;   // hash of `parsed`, which spells out the defines: text and defines together
+  std::string pipeline_key;  // library_key + ":" + spec.key()
+};
+
+Prepared prepare(const Source& source, const PipelineSpec& spec) {
+  Prepared p;
+  p.name = source.path.empty() ? "<source>" : source.path;
+  try {
+    p.text = resolve_includes(source);
+  } catch (const CompileError& e) {
+    throw CompileError(std::string("[metal] ") + e.what());
+  }
+  p.parsed = with_defines(p.text, spec.defines, p.name);
+  p.library_key = content_hash(p.parsed);
+  p.pipeline_key = p.library_key + ":" + spec.key();
+  return p;
 }
 
 // The .metallib that cmake/metal.cmake installed next to `source.path`, or "" when it cannot stand in for
@@ -77,7 +121,36 @@ std::string prebuilt_metallib(const Source& source, bool fast_math) {
   return text.str() == source.text ? lib : "";
 }
 
-// Declared type of every function constant of `fn`, keyed by name and by "#<index>".
+// MTLCompileOptions.preprocessorMacros: NAME -> value, both NSString ("" = defined empty). Autoreleased.
+NS::Dictionary* macro_dictionary(const std::map<std::string, std::string>& defines) {
+  std::vector<const NS::Object*> names, values;
+  for (const auto& [name, value] : defines) {
+    names.push_back(ns_string(name));
+    values.push_back(ns_string(value));
+  }
+  return NS::Dictionary::dictionary(values.data(), names.data(), names.size());
+}
+
+std::string function_names(MTL::Library* library) {
+  std::string names;
+  NS::Array* all = library->functionNames();
+  for (NS::UInteger i = 0; all && i < all->count(); i++)
+    names += (i ? ", " : "") + std::string(all->object<NS::String>(i)->utf8String());
+  return names.empty() ? "none" : names;
+}
+
+// A function of `library` by name (owned), or a CompileError naming what the library has.
+NS::SharedPtr<MTL::Function> library_function(MTL::Library* library, const std::string& name, const std::string& what) {
+  auto fn = NS::TransferPtr(library->newFunction(ns_string(name)));
+  if (!fn)
+    throw CompileError("[metal] " + what + " '" + name + "' not found in the library (it has: " +
+                       function_names(library) + ")");
+  return fn;
+}
+
+// --- Function constants --------------------------------------------------------------------------------
+
+// Declared type of every function constant `fn` uses, keyed by name and by "#<index>".
 std::map<std::string, MTL::DataType> declared_constants(MTL::Function* fn) {
   std::map<std::string, MTL::DataType> out;
   NS::Dictionary* dict = fn->functionConstantsDictionary();
@@ -150,34 +223,206 @@ void set_constant(MTL::FunctionConstantValues* values, const std::string& key, c
   }
 }
 
-// resolve_includes() with this backend's message prefix.
-std::string resolved_text(const Source& source) {
-  try {
-    return resolve_includes(source);
-  } catch (const CompileError& e) {
-    throw CompileError(std::string("[metal] ") + e.what());
-  }
+// `spec.function` specialised with spec.constants (owned). A value for a constant the function does not
+// use is skipped, as Metal skips it; a name the source does not declare at all was rejected before
+// (check_constant_names), as on the host.
+NS::SharedPtr<MTL::Function> specialise(MTL::Library* library, const PipelineSpec& spec) {
+  const std::string key = spec.key();
+  // The unspecialised function tells which constants it uses, and their declared types.
+  const auto declared = declared_constants(library_function(library, spec.function, "function").get());
+  auto values = NS::TransferPtr(MTL::FunctionConstantValues::alloc()->init());
+  for (const auto& [name, value] : spec.constants)
+    if (auto it = declared.find(name); it != declared.end()) set_constant(values.get(), name, value, it->second, key);
+  auto desc = NS::TransferPtr(MTL::FunctionDescriptor::alloc()->init());
+  desc->setName(ns_string(spec.function));
+  desc->setConstantValues(values.get());
+  desc->setSpecializedName(ns_string(key));  // the function's name() then spells out its specialisation
+  NS::Error* error = nullptr;
+  MTL::Function* fn = library->newFunction(desc.get(), &error);
+  if (!fn) throw CompileError("[metal] cannot specialise " + key + ": " + error_text(error));
+  return NS::TransferPtr(fn);
 }
 
-std::string function_names(MTL::Library* library) {
-  std::string names;
-  NS::Array* all = library->functionNames();
-  for (NS::UInteger i = 0; all && i < all->count(); i++)
-    names += (i ? ", " : "") + std::string(all->object<NS::String>(i)->utf8String());
-  return names.empty() ? "none" : names;
+// --- Pipelines -----------------------------------------------------------------------------------------
+
+// The pipeline of `spec` as a descriptor. It builds the pipeline and is the binary archive's lookup key,
+// so pipeline() and archive_add() both take it from here and describe one spec identically.
+NS::SharedPtr<MTL::ComputePipelineDescriptor> pipeline_descriptor(MTL::Library* library, MTL::Function* fn,
+                                                                  const PipelineSpec& spec) {
+  auto desc = NS::TransferPtr(MTL::ComputePipelineDescriptor::alloc()->init());
+  desc->setComputeFunction(fn);
+  if (spec.max_threads_per_threadgroup) desc->setMaxTotalThreadsPerThreadgroup(spec.max_threads_per_threadgroup);
+  if (!spec.linked_functions.empty()) {
+    std::vector<NS::SharedPtr<MTL::Function>> functions;  // released once the array holds them
+    std::vector<const NS::Object*> objects;
+    for (const std::string& name : spec.linked_functions) {
+      functions.push_back(library_function(library, name, spec.key() + ": linked function"));
+      objects.push_back(functions.back().get());
+    }
+    auto linked = NS::TransferPtr(MTL::LinkedFunctions::alloc()->init());
+    linked->setPrivateFunctions(NS::Array::array(objects.data(), objects.size()));
+    desc->setLinkedFunctions(linked.get());
+  }
+  return desc;
 }
+
+// A built pipeline, shared by every lookup of its spec.
+struct MetalVariant {
+  NS::SharedPtr<MTL::ComputePipelineState> state;
+  PipelineInfo info;  // as first built
+};
 
 class MetalPipeline final : public Pipeline {
  public:
-  MetalPipeline(NS::SharedPtr<MTL::ComputePipelineState> state, PipelineInfo info)
-      : state_(std::move(state)), info_(std::move(info)) {}
-  const PipelineInfo& info() const override { return info_; }
-  MTL::ComputePipelineState* state() const { return state_.get(); }
+  MetalPipeline(std::shared_ptr<const MetalVariant> variant, bool from_memory)
+      : v_(std::move(variant)), memory_(from_memory) {}
+  PipelineInfo info() const override {
+    PipelineInfo i = v_->info;
+    if (memory_) {  // this lookup built nothing
+      i.cache = "memory";
+      i.library_origin = "memory";
+      i.library_seconds = i.function_seconds = i.pipeline_seconds = 0.0;
+    }
+    return i;
+  }
+  const MetalVariant& variant() const { return *v_; }
 
  private:
-  NS::SharedPtr<MTL::ComputePipelineState> state_;
-  PipelineInfo info_;
+  std::shared_ptr<const MetalVariant> v_;
+  bool memory_;
 };
+
+// --- Memory --------------------------------------------------------------------------------------------
+
+// The caller memory of one dispatch() call bound to Metal. Every bound range of every step is collected
+// first, and ranges that overlap (one array in two slots, or a step's output that a later step reads) form
+// one run with one Metal buffer, each bound at its offset into it: all views see the same bytes, in
+// dispatch order. A run is wrapped without a copy when it starts on a page inside a region the package
+// allocated (runtime/memory.hpp: whole pages of one VM region, what newBufferWithBytesNoCopy needs);
+// anything else is copied into a shared buffer, and back after completion where a slot is writable.
+// Small read-only arguments go through setBytes (copied at encode time), unless a slot of the sequence
+// writes their memory.
+class BoundMemory {
+ public:
+  BoundMemory(MTL::Device* device, size_t page_size, const std::vector<Dispatch>& steps, const std::string& who,
+              DispatchResult& out) {
+    plan(steps);
+    allocate(device, page_size, who, out);
+  }
+
+  // Binds step `s`'s buffers on `enc`.
+  void bind(MTL::ComputeCommandEncoder* enc, size_t s, const std::vector<BufferArg>& buffers) const {
+    for (size_t i = 0; i < slots_[s].size(); i++) {
+      const Slot& slot = slots_[s][i];
+      if (slot.kind == Slot::Inline) enc->setBytes(buffers[i].data, buffers[i].nbytes, i);
+      else if (slot.kind == Slot::InRun) enc->setBuffer(runs_[slot.run].buffer.get(), slot.offset, i);
+    }
+  }
+
+  // After completion: the copied runs back into the caller's memory, writable ranges only.
+  void copy_back(DispatchResult& out) const {
+    for (const Run& run : runs_) {
+      if (!run.copied) continue;
+      for (const auto& [begin, end] : run.written) {
+        std::memcpy(begin, static_cast<const char*>(run.buffer->contents()) + (begin - run.begin), size_t(end - begin));
+        out.bytes_copied += size_t(end - begin);
+      }
+    }
+  }
+
+  uint64_t wrapped() const { return wrapped_; }
+
+ private:
+  // Decides how each slot is bound: inline bytes, or an offset into a run of overlapping ranges.
+  void plan(const std::vector<Dispatch>& steps) {
+    std::vector<Range> ranges;
+    slots_.resize(steps.size());
+    for (size_t s = 0; s < steps.size(); s++) {
+      const std::vector<BufferArg>& buffers = steps[s].buffers;
+      slots_[s].resize(buffers.size());
+      for (size_t i = 0; i < buffers.size(); i++) {
+        char* data = static_cast<char*>(buffers[i].data);
+        if (data && buffers[i].nbytes)  // else unbound (Metal has no empty buffers)
+          ranges.push_back({data, data + buffers[i].nbytes, buffers[i].writable, s, i});
+      }
+    }
+    auto written = [&](const Range& r) {
+      return std::any_of(ranges.begin(), ranges.end(),
+                         [&](const Range& w) { return w.writable && w.begin < r.end && r.begin < w.end; });
+    };
+    std::vector<Range> in_runs;
+    for (const Range& r : ranges) {
+      if (!r.writable && size_t(r.end - r.begin) <= kMaxInlineBytes && !written(r))
+        slots_[r.step][r.slot] = {Slot::Inline, 0, 0};
+      else
+        in_runs.push_back(r);
+    }
+    std::sort(in_runs.begin(), in_runs.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    for (const Range& r : in_runs) {
+      if (runs_.empty() || r.begin >= runs_.back().end) runs_.push_back({r.begin, r.end, {}, {}, false});
+      Run& run = runs_.back();
+      run.end = std::max(run.end, r.end);
+      slots_[r.step][r.slot] = {Slot::InRun, runs_.size() - 1, size_t(r.begin - run.begin)};
+      if (r.writable) run.written.insert({r.begin, r.end});
+    }
+  }
+
+  // Gives every run its Metal buffer: a no-copy wrap where allowed, else a copy.
+  void allocate(MTL::Device* device, size_t page_size, const std::string& who, DispatchResult& out) {
+    for (Run& run : runs_) {
+      const size_t n = size_t(run.end - run.begin);
+      const void* region_end = nullptr;
+      if (reinterpret_cast<uintptr_t>(run.begin) % page_size == 0 && find_region(run.begin, n, &region_end)) {
+        // Pages are mapped whole, so the wrap covers whole pages, never past the region.
+        const size_t len = std::min<size_t>(round_up(n, page_size), static_cast<const char*>(region_end) - run.begin);
+        run.buffer = NS::TransferPtr(device->newBuffer(run.begin, len, MTL::ResourceStorageModeShared, nullptr));
+        if (run.buffer) {
+          wrapped_++;
+          continue;
+        }
+      }
+      run.buffer = NS::TransferPtr(device->newBuffer(n, MTL::ResourceStorageModeShared));  // Metal may refuse a wrap
+      if (!run.buffer) throw DispatchError(who + ": cannot allocate a " + std::to_string(n) + "-byte buffer");
+      std::memcpy(run.buffer->contents(), run.begin, n);
+      run.copied = true;
+      out.buffers_copied++;
+      out.bytes_copied += n;
+    }
+  }
+
+  struct Range {
+    char* begin;
+    char* end;
+    bool writable;
+    size_t step, slot;
+  };
+  struct Slot {
+    enum Kind { Unbound, Inline, InRun } kind = Unbound;
+    size_t run = 0;
+    size_t offset = 0;  // bytes into the run's buffer
+  };
+  struct Run {
+    char* begin;
+    char* end;
+    std::set<std::pair<char*, char*>> written;  // ranges a writable slot binds
+    NS::SharedPtr<MTL::Buffer> buffer;
+    bool copied = false;
+  };
+  std::vector<std::vector<Slot>> slots_;  // [step][slot]
+  std::vector<Run> runs_;
+  uint64_t wrapped_ = 0;
+};
+
+// "[metal] kernel 'a'" or "[metal] kernels 'a', 'b'": who failed when a command buffer fails.
+std::string kernels_named(const std::vector<const MetalPipeline*>& pipelines) {
+  std::vector<std::string> names;
+  for (const MetalPipeline* p : pipelines)
+    if (std::find(names.begin(), names.end(), p->variant().info.function) == names.end())
+      names.push_back(p->variant().info.function);
+  std::string out = names.size() == 1 ? "[metal] kernel " : "[metal] kernels ";
+  for (size_t i = 0; i < names.size(); i++) out += (i ? ", '" : "'") + names[i] + "'";
+  return out;
+}
 
 }  // namespace
 
@@ -191,73 +436,57 @@ struct MetalBackend::State {
 
   // Guards the caches and the archive. Compiles run under it (one at a time); dispatches do not take it.
   mutable std::mutex mutex;
-  std::unordered_map<std::string, NS::SharedPtr<MTL::Library>> libraries;        // by content hash
-  std::unordered_map<std::string, std::shared_ptr<MetalPipeline>> pipelines;     // by hash + "/" + key
+  std::unordered_map<std::string, NS::SharedPtr<MTL::Library>> libraries;   // by Prepared::library_key
+  std::unordered_map<std::string, std::shared_ptr<MetalVariant>> pipelines;  // by Prepared::pipeline_key
   std::unique_ptr<metal::BinaryArchive> archive;
   bool fail_on_miss = false;
 
   std::atomic<uint64_t> libraries_compiled{0}, libraries_prebuilt{0}, pipelines_compiled{0}, archive_hits{0},
       archive_misses{0}, dispatches{0}, buffers_wrapped{0}, buffers_copied{0}, bytes_copied{0};
 
-  // The library of the resolved `text`, from the cache, a prebuilt metallib, or the run-time compiler.
-  // Caller holds `mutex`.
-  MTL::Library* library(const Source& source, const std::string& text, const std::string& hash) {
-    if (auto it = libraries.find(hash); it != libraries.end()) return it->second.get();
+  // The library of `p` compiled with `defines`: from the cache, a prebuilt metallib or the run-time
+  // compiler. Sets info.library_origin and library_seconds. Caller holds `mutex`.
+  MTL::Library* library(const Source& source, const Prepared& p, const std::map<std::string, std::string>& defines,
+                        PipelineInfo& info) {
+    if (auto it = libraries.find(p.library_key); it != libraries.end()) {
+      info.library_origin = "memory";
+      return it->second.get();
+    }
+    const auto t0 = Clock::now();
     NS::Error* error = nullptr;
     MTL::Library* lib = nullptr;
-    std::string metallib = prebuilt_metallib(source, fast_math);
-    // A metallib that fails to load (e.g. built by a newer SDK than this OS) falls back to the source.
-    if (!metallib.empty() && (lib = device->newLibrary(NS::URL::fileURLWithPath(ns_string(metallib)), &error)))
+    // Metallibs are built without defines. One that fails to load (e.g. built by a newer SDK than this OS)
+    // falls back to the source.
+    const std::string metallib = defines.empty() ? prebuilt_metallib(source, fast_math) : "";
+    if (!metallib.empty() && (lib = device->newLibrary(NS::URL::fileURLWithPath(ns_string(metallib)), &error))) {
       libraries_prebuilt++;
-    if (!lib) {
+      info.library_origin = "metallib";
+    } else {
       auto options = NS::TransferPtr(MTL::CompileOptions::alloc()->init());
       options->setLanguageVersion(MTL::LanguageVersion3_1);
       options->setFastMathEnabled(fast_math);
+      if (!defines.empty()) options->setPreprocessorMacros(macro_dictionary(defines));
       error = nullptr;
-      lib = device->newLibrary(ns_string(text), options.get(), &error);
-      if (!lib)
-        throw CompileError("[metal] compiling " + (source.path.empty() ? std::string("<source>") : source.path) +
-                           " failed:\n" + error_text(error));
+      lib = device->newLibrary(ns_string(p.text), options.get(), &error);
+      if (!lib) throw CompileError("[metal] compiling " + p.name + " failed:\n" + error_text(error));
       libraries_compiled++;
+      info.library_origin = "source";
     }
-    libraries.emplace(hash, NS::TransferPtr(lib));
+    info.library_seconds = seconds_since(t0);
+    libraries.emplace(p.library_key, NS::TransferPtr(lib));
     return lib;
   }
 
-  // `function` specialised with `constants`, owned by the caller.
-  NS::SharedPtr<MTL::Function> function(MTL::Library* lib, const std::string& name, const Constants& constants,
-                                        const std::string& key) {
-    NS::Error* error = nullptr;
-    MTL::Function* fn = nullptr;
-    if (constants.empty()) {
-      fn = lib->newFunction(ns_string(name));
-      if (!fn)
-        throw CompileError("[metal] function '" + name + "' not found in the library (it has: " +
-                           function_names(lib) + ")");
-    } else {
-      // The unspecialised function tells each constant's declared type.
-      auto generic = NS::TransferPtr(lib->newFunction(ns_string(name)));
-      if (!generic)
-        throw CompileError("[metal] function '" + name + "' not found in the library (it has: " +
-                           function_names(lib) + ")");
-      const auto declared = declared_constants(generic.get());
-      auto values = NS::TransferPtr(MTL::FunctionConstantValues::alloc()->init());
-      for (const auto& [k, v] : constants) {
-        auto it = declared.find(k);
-        if (it == declared.end()) {
-          std::string names;
-          for (const auto& [d, t] : declared)
-            if (d[0] != '#') names += (names.empty() ? "" : ", ") + d;
-          throw CompileError("[metal] " + key + ": constant '" + k + "' was given but '" + name +
-                             "' declares no such function constant (declared: " + (names.empty() ? "none" : names) +
-                             ")");
-        }
-        set_constant(values.get(), k, v, it->second, key);
-      }
-      fn = lib->newFunction(ns_string(name), values.get(), &error);
-      if (!fn) throw CompileError("[metal] cannot specialise " + key + ": " + error_text(error));
-    }
-    return NS::TransferPtr(fn);
+  // The descriptor of `spec`'s pipeline: its library (from wherever) and its specialised function, the
+  // stages' origin and seconds recorded in `info`. Caller holds `mutex`.
+  NS::SharedPtr<MTL::ComputePipelineDescriptor> describe(const Source& source, const Prepared& p,
+                                                         const PipelineSpec& spec, PipelineInfo& info) {
+    check_constant_names(p.parsed, spec.constants, "[metal] " + spec.key());
+    MTL::Library* lib = library(source, p, spec.defines, info);
+    const auto t0 = Clock::now();
+    auto desc = pipeline_descriptor(lib, specialise(lib, spec).get(), spec);  // the descriptor keeps the function
+    info.function_seconds = seconds_since(t0);
+    return desc;
   }
 };
 
@@ -266,161 +495,103 @@ MetalBackend::~MetalBackend() = default;
 
 const DeviceInfo& MetalBackend::info() const { return s_->info; }
 
-std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const std::string& function,
-                                                 const Constants& constants) {
+std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const PipelineSpec& spec) {
   AutoreleasePoolScope pool;
-  const std::string text = resolved_text(source);
-  const std::string hash = content_hash(text);
-  const std::string key = pipeline_key(function, constants);
+  const Prepared p = prepare(source, spec);
   std::lock_guard<std::mutex> lock(s_->mutex);
+  if (auto it = s_->pipelines.find(p.pipeline_key); it != s_->pipelines.end())
+    return std::make_shared<MetalPipeline>(it->second, true);
 
-  if (auto it = s_->pipelines.find(hash + "/" + key); it != s_->pipelines.end()) {
-    // Same GPU pipeline object, but this lookup reports where it came from.
-    PipelineInfo info = it->second->info();
-    info.cache = "memory";
-    info.compile_seconds = 0.0;
-    return std::make_shared<MetalPipeline>(NS::RetainPtr(it->second->state()), std::move(info));
-  }
+  auto v = std::make_shared<MetalVariant>();
+  PipelineInfo& info = v->info;
+  info.function = spec.function;
+  info.key = spec.key();
+  NS::SharedPtr<MTL::ComputePipelineDescriptor> desc = s_->describe(source, p, spec, info);
 
   const auto t0 = Clock::now();
-  MTL::Library* lib = s_->library(source, text, hash);
-  NS::SharedPtr<MTL::Function> fn = s_->function(lib, function, constants, key);
-
-  NS::SharedPtr<MTL::ComputePipelineState> state;
-  std::string cache = "compiled";
+  info.cache = "compiled";
   if (s_->archive) {
     std::string miss;
-    state = NS::TransferPtr(s_->archive->build(fn.get(), miss));
-    if (state) {
-      cache = "archive";
+    v->state = NS::TransferPtr(s_->archive->build(desc.get(), miss));
+    if (v->state) {
+      info.cache = "archive";
       s_->archive_hits++;
     } else {
       s_->archive_misses++;
       if (s_->fail_on_miss)
-        throw ArchiveMissError("[metal] binary archive miss for " + key + " in '" + s_->archive->path() +
+        throw ArchiveMissError("[metal] binary archive miss for " + info.key + " in '" + s_->archive->path() +
                                "': " + miss);
     }
   }
-  if (!state) {
+  if (!v->state) {  // no archive, or a miss (Metal looks in the archive `desc` now lists, then compiles)
     NS::Error* error = nullptr;
-    state = NS::TransferPtr(s_->device->newComputePipelineState(fn.get(), &error));
-    if (!state) throw CompileError("[metal] cannot build the pipeline " + key + ": " + error_text(error));
+    // No reflection: the arguments come from the source parse both backends share (below).
+    v->state = NS::TransferPtr(
+        s_->device->newComputePipelineState(desc.get(), MTL::PipelineOptionNone, nullptr, &error));
+    if (!v->state) throw CompileError("[metal] cannot build the pipeline " + info.key + ": " + error_text(error));
     s_->pipelines_compiled++;
   }
+  info.pipeline_seconds = seconds_since(t0);
 
-  PipelineInfo info;
-  info.function = function;
-  info.key = key;
-  info.max_total_threads_per_threadgroup = static_cast<uint32_t>(state->maxTotalThreadsPerThreadgroup());
-  info.thread_execution_width = static_cast<uint32_t>(state->threadExecutionWidth());
-  info.static_threadgroup_memory = state->staticThreadgroupMemoryLength();
-  info.compile_seconds = seconds_since(t0);
-  info.cache = cache;
-  auto built = std::make_shared<MetalPipeline>(std::move(state), std::move(info));
-  s_->pipelines[hash + "/" + key] = built;
-  return built;
+  info.max_total_threads_per_threadgroup = static_cast<uint32_t>(v->state->maxTotalThreadsPerThreadgroup());
+  info.thread_execution_width = static_cast<uint32_t>(v->state->threadExecutionWidth());
+  info.static_threadgroup_memory = v->state->staticThreadgroupMemoryLength();
+  info.arguments = kernel_arguments(p.parsed, spec.function, p.name);
+  s_->pipelines.emplace(p.pipeline_key, v);
+  return std::make_shared<MetalPipeline>(v, false);
 }
 
-DispatchResult MetalBackend::dispatch(Pipeline& pipeline, const std::vector<BufferArg>& buffers,
-                                      const DispatchArgs& args) {
-  auto* mp = dynamic_cast<MetalPipeline*>(&pipeline);
-  if (!mp) throw DispatchError("[metal] pipeline " + pipeline.info().key + " was not built by the metal backend");
-  const PipelineInfo& pinfo = mp->info();
-  validate_dispatch(s_->info, pinfo, args);
-  if (buffers.size() > kMaxBindings)
-    throw LimitError("[metal] kernel '" + pinfo.function + "': " + std::to_string(buffers.size()) +
-                     " buffer arguments exceed Metal's " + std::to_string(kMaxBindings));
-  for (const auto& [index, bytes] : args.threadgroup_memory)
-    if (index >= kMaxBindings)
-      throw LimitError("[metal] kernel '" + pinfo.function + "': threadgroup memory index " + std::to_string(index) +
-                       " is beyond Metal's [[threadgroup(" + std::to_string(kMaxBindings - 1) + ")]]");
-  // args.checked is not honoured here: bounds checking is a host-backend feature (it instruments every
-  // device-memory access of the translated kernel); a Metal kernel runs unmodified on the GPU.
+DispatchResult MetalBackend::dispatch(const std::vector<Dispatch>& steps, uint32_t repeat) {
+  std::vector<const MetalPipeline*> pipelines;
+  for (const Dispatch& step : steps) {
+    auto* p = dynamic_cast<const MetalPipeline*>(step.pipeline.get());
+    if (!p) throw ArgumentTypeError("[metal] dispatch: a step's pipeline was not built by the metal backend");
+    validate_dispatch(s_->info, p->variant().info, step.buffers, step.args);
+    pipelines.push_back(p);
+  }
+  DispatchResult out;
+  out.timer = "gpu";
+  out.repeat = std::max(1u, repeat);
+  if (steps.empty()) return out;
 
   AutoreleasePoolScope pool;
   s_->dispatches++;
-  DispatchResult result;
-
-  // Wrap each argument's memory without a copy when its address is page-aligned. The wrapped length is
-  // rounded up to whole pages: the OS maps memory in pages, so the tail of the last page is readable, and
-  // attention_proto.memory pads its arrays so that tail belongs to the array. Otherwise (or if Metal
-  // refuses the memory) the data goes through a shared buffer: copied in, and out again if writable.
-  // Small read-only arguments (params structs, scalars) go through setBytes, Metal's path for constant
-  // data up to 4 KB: no buffer object, and not counted as a copy.
-  struct Bound {
-    NS::SharedPtr<MTL::Buffer> buffer;
-    bool copied = false;      // this slot owns a copy of the caller's memory
-    bool inline_bytes = false;
-    bool write_back = false;  // the copy goes back to the caller (some slot sharing it is writable)
-  };
-  std::vector<Bound> bound(buffers.size());
-  for (size_t i = 0; i < buffers.size(); i++) {
-    const BufferArg& arg = buffers[i];
-    if (!arg.data || arg.nbytes == 0) continue;  // unbound slot (Metal cannot make empty buffers)
-    if (!arg.writable && arg.nbytes <= kMaxInlineBytes) {
-      bound[i].inline_bytes = true;
-      continue;
-    }
-    if (reinterpret_cast<uintptr_t>(arg.data) % s_->page_size == 0) {
-      MTL::Buffer* wrapped = s_->device->newBuffer(arg.data, round_up(arg.nbytes, s_->page_size),
-                                                   MTL::ResourceStorageModeShared, nullptr);
-      if (wrapped) {
-        bound[i].buffer = NS::TransferPtr(wrapped);
-        s_->buffers_wrapped++;
-        continue;
-      }
-    }
-    // Slots bound to the same array share one copy: writes through one are seen through the other,
-    // and copying back cannot undo them.
-    bool shared = false;
-    for (size_t j = 0; j < i && !shared; j++) {
-      if (bound[j].copied && buffers[j].data == arg.data && buffers[j].nbytes == arg.nbytes) {
-        bound[i].buffer = bound[j].buffer;
-        bound[j].write_back |= arg.writable;
-        shared = true;
-      }
-    }
-    if (shared) continue;
-    MTL::Buffer* copy = s_->device->newBuffer(arg.nbytes, MTL::ResourceStorageModeShared);
-    if (!copy)
-      throw DispatchError("[metal] kernel '" + pinfo.function + "': cannot allocate " +
-                          std::to_string(arg.nbytes) + " bytes for buffer " + std::to_string(i));
-    std::memcpy(copy->contents(), arg.data, arg.nbytes);
-    bound[i].buffer = NS::TransferPtr(copy);
-    bound[i].copied = true;
-    bound[i].write_back = arg.writable;
-    result.buffers_copied++;
-    result.bytes_copied += arg.nbytes;
-  }
-
+  const std::string who = kernels_named(pipelines);
+  BoundMemory memory(s_->device.get(), s_->page_size, steps, who, out);
   MTL::CommandBuffer* cmd = s_->queue->commandBuffer();  // autoreleased
-  if (!cmd) throw DispatchError("[metal] kernel '" + pinfo.function + "': cannot create a command buffer");
-  MTL::ComputeCommandEncoder* enc = cmd->computeCommandEncoder();
-  enc->setComputePipelineState(mp->state());
-  for (size_t i = 0; i < bound.size(); i++) {
-    if (bound[i].inline_bytes) enc->setBytes(buffers[i].data, buffers[i].nbytes, i);
-    else if (bound[i].buffer) enc->setBuffer(bound[i].buffer.get(), 0, i);
+  if (!cmd) throw DispatchError(who + ": cannot create a command buffer");
+  // "The command encoder this method creates uses the MTLDispatchTypeSerial dispatch type"
+  // (MTLCommandBuffer computeCommandEncoder): each dispatch runs after the previous one and sees its writes,
+  // so the steps need no barriers.
+  MTL::ComputeCommandEncoder* enc = cmd->computeCommandEncoder();  // autoreleased
+  if (!enc) throw DispatchError(who + ": cannot create a compute command encoder");
+  for (uint32_t r = 0; r < out.repeat; r++) {
+    for (size_t s = 0; s < steps.size(); s++) {
+      const Dispatch& step = steps[s];
+      enc->setComputePipelineState(pipelines[s]->variant().state.get());
+      memory.bind(enc, s, step.buffers);
+      // Lengths for the [[threadgroup(n)]] parameters the kernel declares (validate_dispatch checked each
+      // has one); Metal wants multiples of 16 bytes.
+      for (const ArgumentInfo& a : pipelines[s]->variant().info.arguments)
+        if (a.kind == "threadgroup")
+          enc->setThreadgroupMemoryLength(round_up(step.args.threadgroup_memory.at(a.index), 16), a.index);
+      enc->dispatchThreadgroups(MTL::Size(step.args.grid[0], step.args.grid[1], step.args.grid[2]),
+                                MTL::Size(step.args.threadgroup[0], step.args.threadgroup[1], step.args.threadgroup[2]));
+    }
   }
-  for (const auto& [index, bytes] : args.threadgroup_memory)
-    enc->setThreadgroupMemoryLength(round_up(bytes, 16), index);  // Metal wants multiples of 16 bytes
-  enc->dispatchThreadgroups(MTL::Size(args.grid[0], args.grid[1], args.grid[2]),
-                            MTL::Size(args.threadgroup[0], args.threadgroup[1], args.threadgroup[2]));
   enc->endEncoding();
+  const auto start = Clock::now();
   cmd->commit();
   cmd->waitUntilCompleted();
-  if (cmd->status() == MTL::CommandBufferStatusError)
-    throw DispatchError("[metal] kernel '" + pinfo.function + "' failed: " + error_text(cmd->error()));
-
-  result.seconds = cmd->GPUEndTime() - cmd->GPUStartTime();
-  result.timer = "gpu";
-  for (size_t i = 0; i < bound.size(); i++) {
-    if (!bound[i].copied || !bound[i].write_back) continue;
-    std::memcpy(buffers[i].data, bound[i].buffer->contents(), buffers[i].nbytes);
-    result.bytes_copied += buffers[i].nbytes;
-  }
-  s_->buffers_copied += result.buffers_copied;
-  s_->bytes_copied += result.bytes_copied;
-  return result;
+  out.wall_seconds = seconds_since(start) / out.repeat;
+  if (cmd->status() != MTL::CommandBufferStatusCompleted)
+    throw DispatchError(who + " failed: " + error_text(cmd->error()));
+  out.seconds = (cmd->GPUEndTime() - cmd->GPUStartTime()) / out.repeat;
+  memory.copy_back(out);
+  s_->buffers_wrapped += memory.wrapped();
+  s_->buffers_copied += out.buffers_copied;
+  s_->bytes_copied += out.bytes_copied;
+  return out;
 }
 
 void MetalBackend::set_archive(const std::string& path, bool fail_on_miss) {
@@ -441,17 +612,15 @@ std::string MetalBackend::archive_path() const {
   return s_->archive ? s_->archive->path() : "";
 }
 
-double MetalBackend::archive_add(const Source& source, const std::string& function, const Constants& constants) {
+double MetalBackend::archive_add(const Source& source, const PipelineSpec& spec) {
   AutoreleasePoolScope pool;
-  const std::string text = resolved_text(source);
-  const std::string hash = content_hash(text);
-  const std::string key = pipeline_key(function, constants);
+  const Prepared p = prepare(source, spec);
   std::lock_guard<std::mutex> lock(s_->mutex);
   if (!s_->archive)
-    throw Error("[metal] archive_add(" + key + "): no binary archive is set; call set_archive(path) first");
+    throw Error("[metal] archive_add(" + spec.key() + "): no binary archive is set; call set_archive(path) first");
   const auto t0 = Clock::now();
-  NS::SharedPtr<MTL::Function> fn = s_->function(s_->library(source, text, hash), function, constants, key);
-  s_->archive->add(fn.get());
+  PipelineInfo stages;  // not reported: the caller gets the total
+  s_->archive->add(s_->describe(source, p, spec, stages).get(), spec.key());
   return seconds_since(t0);
 }
 
@@ -475,17 +644,23 @@ std::map<std::string, uint64_t> MetalBackend::stats() const {
           {"bytes_copied", s_->bytes_copied}};
 }
 
-std::unique_ptr<Backend> make_metal_backend() {
+std::unique_ptr<Backend> make_metal_backend(std::string& why) {
   AutoreleasePoolScope pool;
-  MTL::Device* device = MTL::CreateSystemDefaultDevice();  // owned (a Create function)
-  if (!device) return nullptr;
   auto s = std::make_unique<MetalBackend::State>();
-  s->device = NS::TransferPtr(device);
-  MTL::CommandQueue* queue = device->newCommandQueue();
-  if (!queue) return nullptr;
-  s->queue = NS::TransferPtr(queue);
+  std::string lookup;
+  s->device = find_device(lookup);
+  MTL::Device* device = s->device.get();
+  if (!device) {
+    why = "MTLCopyAllDevices returned no device and MTLCreateSystemDefaultDevice returned nil";
+    return nullptr;
+  }
+  s->queue = NS::TransferPtr(device->newCommandQueue());
+  if (!s->queue) {
+    why = std::string("newCommandQueue returned nil on ") + device->name()->utf8String();
+    return nullptr;
+  }
   s->fast_math = fast_math_from_env();
-  s->page_size = static_cast<size_t>(getpagesize());  // 16 KB on Apple Silicon
+  s->page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));  // 16 KB on Apple Silicon
 
   DeviceInfo& info = s->info;
   info.backend = "metal";
@@ -496,9 +671,10 @@ std::unique_ptr<Backend> make_metal_backend() {
   info.simd_width = 32;     // every Apple GPU; each PipelineInfo reports its threadExecutionWidth
   info.compute_units = 0;   // Metal does not expose the GPU core count
   info.unified_memory = device->hasUnifiedMemory();
+  info.extra["device_lookup"] = lookup;
   info.extra["recommended_max_working_set_size"] = std::to_string(device->recommendedMaxWorkingSetSize());
   info.extra["max_buffer_length"] = std::to_string(device->maxBufferLength());
-  info.extra["architecture"] = device->architecture()->name()->utf8String();
+  if (MTL::Architecture* arch = device->architecture()) info.extra["architecture"] = arch->name()->utf8String();
   info.extra["os"] = NS::ProcessInfo::processInfo()->operatingSystemVersionString()->utf8String();
   info.extra["language_version"] = "3.1";
   info.extra["fast_math"] = s->fast_math ? "true" : "false";

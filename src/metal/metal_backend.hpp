@@ -1,7 +1,7 @@
 // The Metal backend: the runtime interface (runtime/backend.hpp) on Apple GPUs through metal-cpp.
-// Built on macOS only (cmake/metal.cmake defines APROTO_WITH_METAL); on Linux the test suite
-// compile-checks it against Apple's metal-cpp headers. This header does not include metal-cpp, so the
-// registry and the bindings can include it cheaply.
+// Built on macOS only (cmake/metal.cmake defines APROTO_WITH_METAL); elsewhere the test suite
+// compile-checks it for macOS against Apple's metal-cpp headers. This header does not include
+// metal-cpp, so the registry and the bindings can include it cheaply.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -18,14 +18,13 @@ class MetalBackend final : public Backend {
   ~MetalBackend() override;
 
   const DeviceInfo& info() const override;
-  // Cached by (content hash of the resolved source, pipeline_key(function, constants)).
-  // PipelineInfo::cache is "memory" (this process built it before), "archive" (built from the binary
-  // archive), or "compiled". Throws CompileError (or ArchiveMissError, see set_archive).
-  std::shared_ptr<Pipeline> pipeline(const Source& source, const std::string& function,
-                                     const Constants& constants) override;
-  // Encodes one dispatch, commits it and waits. Thread-safe. DispatchArgs::checked is ignored (see .cpp).
-  DispatchResult dispatch(Pipeline& pipeline, const std::vector<BufferArg>& buffers,
-                          const DispatchArgs& args) override;
+  // Cached by (hash of the include-resolved source with its defines, spec.key()). PipelineInfo::cache is
+  // "memory" (this process built it before), "archive" (built from the binary archive) or "compiled".
+  // Throws CompileError (or ArchiveMissError, see set_archive).
+  std::shared_ptr<Pipeline> pipeline(const Source& source, const PipelineSpec& spec) override;
+  // All steps, `repeat` times, in one command buffer and one serial compute encoder; waits. Thread-safe.
+  // DispatchArgs::checked is ignored (bounds checking is a host-backend feature).
+  DispatchResult dispatch(const std::vector<Dispatch>& steps, uint32_t repeat) override;
 
   // --- Binary archives (Metal only; prototype 4) ---
   // Opens (or starts, if the file does not exist) the archive at `path`. From then on every pipeline not
@@ -36,26 +35,26 @@ class MetalBackend final : public Backend {
   void clear_archive();
   // Path of the current archive, or "" when none is set.
   std::string archive_path() const;
-  // Compiles (source, function, constants) into the current archive; returns the seconds it took.
-  // Throws Error when no archive is set, CompileError when compiling fails.
-  double archive_add(const Source& source, const std::string& function, const Constants& constants);
+  // Compiles the pipeline of `spec` into the current archive (with the descriptor pipeline() looks it up
+  // by); returns the seconds it took. Throws Error when no archive is set, CompileError when compiling fails.
+  double archive_add(const Source& source, const PipelineSpec& spec);
   // Writes the current archive to its path. Throws Error.
   void archive_serialize();
 
   // Forgets every cached library and pipeline (the next pipeline() call compiles, or reads the archive).
   void clear_caches();
   // Counters since start: libraries_compiled, libraries_prebuilt, pipelines_compiled, archive_hits,
-  // archive_misses, dispatches, buffers_wrapped, buffers_copied, bytes_copied.
+  // archive_misses, dispatches (dispatch() calls), buffers_wrapped, buffers_copied, bytes_copied.
   std::map<std::string, uint64_t> stats() const;
 
  private:
-  struct State;
+  struct State;  // metal-cpp objects and caches (metal_backend.cpp)
   explicit MetalBackend(std::unique_ptr<State> state);
-  friend std::unique_ptr<Backend> make_metal_backend();
+  friend std::unique_ptr<Backend> make_metal_backend(std::string& why);
   std::unique_ptr<State> s_;
 };
 
-// The system's default Metal device as a backend, or nullptr when this machine has none.
-std::unique_ptr<Backend> make_metal_backend();
+// The Metal device as a backend, or nullptr with the reason in `why` when this machine has none.
+std::unique_ptr<Backend> make_metal_backend(std::string& why);
 
 }  // namespace aproto
