@@ -1,12 +1,12 @@
-// Bindings of the Metal-only API: binary archives, cache reset and counters (prototype 4 measures
-// cold / warm / archive pipeline creation with them). Compiled everywhere; the functions exist only
-// where the Metal backend is built in (macOS), and `has_metal_backend` says which.
+// Bindings of the Metal-only API: binary archives, cache reset and counters (prototype 4 measures cold /
+// warm / archive pipeline creation with them). Declared on every platform, so the stubs list them
+// everywhere; without the Metal backend (or device) each raises BackendUnavailableError.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
-#include "bindings/convert.hpp"
+#include "bindings/python.hpp"
 #include "runtime/backend.hpp"
 #ifdef APROTO_WITH_METAL
 #include "metal/metal_backend.hpp"
@@ -15,16 +15,36 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
-#ifdef APROTO_WITH_METAL
+namespace aproto::bindings {
+
 namespace {
+
+#ifdef APROTO_WITH_METAL
+constexpr bool kBuiltWithMetal = true;
 // The Metal backend, or BackendUnavailable when this Mac has no Metal device.
-aproto::MetalBackend& metal() { return dynamic_cast<aproto::MetalBackend&>(aproto::get_backend("metal")); }
-}  // namespace
+MetalBackend& metal() { return dynamic_cast<MetalBackend&>(get_backend("metal")); }
+#else
+constexpr bool kBuiltWithMetal = false;
+struct NoMetal {
+  [[noreturn]] void fail() const {
+    throw BackendUnavailable("[metal] this build has no Metal backend (it is built on macOS only); binary "
+                             "archives and Metal counters need a Mac with an Apple GPU");
+  }
+  void set_archive(const std::string&, bool) { fail(); }
+  void clear_archive() { fail(); }
+  std::string archive_path() const { fail(); }
+  double archive_add(const Source&, const PipelineSpec&) { fail(); }
+  void archive_serialize() { fail(); }
+  void clear_caches() { fail(); }
+  std::map<std::string, uint64_t> stats() const { fail(); }
+};
+NoMetal metal() { return {}; }
 #endif
 
+}  // namespace
+
 void init_metal(nb::module_& m) {
-#ifdef APROTO_WITH_METAL
-  m.attr("has_metal_backend") = true;
+  m.attr("has_metal_backend") = kBuiltWithMetal;
   m.def(
       "metal_set_archive",
       [](const std::string& path, bool fail_on_miss) {
@@ -32,21 +52,23 @@ void init_metal(nb::module_& m) {
         metal().set_archive(path, fail_on_miss);
       },
       "path"_a, "fail_on_miss"_a = false,
-      "Opens (or starts) the binary archive at `path`; pipelines are looked up in it first. With\n"
-      "`fail_on_miss` a pipeline missing from the archive raises ArchiveMissError instead of compiling.");
+      "Opens (or starts) the binary archive at `path`; pipelines are looked up in it first. With `fail_on_miss` a "
+      "pipeline missing from the archive raises ArchiveMissError instead of compiling.");
   m.def("metal_clear_archive", [] { metal().clear_archive(); }, "Stops using the binary archive.");
   m.def("metal_archive_path", [] { return metal().archive_path(); }, "Path of the current archive ('' if none).");
   m.def(
       "metal_archive_add",
       [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
-         const std::string& function, const nb::dict& constants) {
-        aproto::Constants values = aproto::bindings::to_constants(constants);
-        aproto::Source source{text, path, include_dirs};
+         const std::string& function, const nb::dict& constants, const std::map<std::string, std::string>& defines,
+         const std::vector<std::string>& linked_functions, uint32_t max_threads) {
+        PipelineSpec spec{function, to_constants(constants), defines, linked_functions, max_threads};
+        Source source{text, path, include_dirs};
         nb::gil_scoped_release release;
-        return metal().archive_add(source, function, values);
+        return metal().archive_add(source, spec);
       },
-      "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a,
-      "Compiles one pipeline into the current archive; returns the seconds it took.");
+      "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a, "defines"_a, "linked_functions"_a,
+      "max_threads_per_threadgroup"_a,
+      "Compiles one pipeline into the current archive (with the same descriptor lookups use); returns the seconds.");
   m.def(
       "metal_archive_serialize",
       [] {
@@ -57,7 +79,6 @@ void init_metal(nb::module_& m) {
   m.def("metal_clear_caches", [] { metal().clear_caches(); },
         "Forgets every cached library and pipeline, so the next pipeline() compiles (or reads the archive).");
   m.def("metal_stats", [] { return metal().stats(); }, "Counters: compiles, archive hits/misses, copies, ...");
-#else
-  m.attr("has_metal_backend") = false;
-#endif
 }
+
+}  // namespace aproto::bindings
