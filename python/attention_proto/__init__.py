@@ -18,9 +18,10 @@ from ._core import (
     ResourceLimitError,
     ShaderCompileError,
 )
-from .flash_attention import flash_attention, flash_attention_timed
+from ._core import DeviceInfo, LaunchInfo, PipelineInfo
 from .kernel import DispatchTiming, Kernel
-from .memory import aligned, empty, is_page_aligned, zeros
+from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
+from .protos.flash_attention import flash_attention, flash_attention_timed
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -33,10 +34,13 @@ __all__ = [
     "AttentionProtoError",
     "BackendUnavailableError",
     "DeadlockError",
+    "DeviceInfo",
     "DispatchError",
     "DispatchTiming",
     "Kernel",
+    "LaunchInfo",
     "OutOfBoundsError",
+    "PipelineInfo",
     "ResourceLimitError",
     "ShaderCompileError",
     "__version__",
@@ -46,6 +50,7 @@ __all__ = [
     "empty",
     "flash_attention",
     "flash_attention_timed",
+    "in_package_memory",
     "is_page_aligned",
     "shader_dir",
     "zeros",

@@ -7,7 +7,6 @@ CPU time, and :func:`device_peaks` gives no Apple-GPU peak for it, so percent-of
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -631,35 +630,3 @@ class Table:
         """Writes ``<out_dir>/<stem>.json`` and ``<out_dir>/<stem>.csv``; returns both paths."""
         out_dir = Path(out_dir)
         return self.to_json(out_dir / f"{stem}.json"), self.to_csv(out_dir / f"{stem}.csv")
-
-
-# --------------------------------------------------------------------------------------------------
-# Bench module command line
-
-
-def parse_bench_args(
-    proto: str,
-    argv: Sequence[str] | None,
-    description: str,
-    extra: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> argparse.Namespace:
-    """Parses the options every ``attention_proto.benches.<proto>.main(argv)`` accepts:
-    ``--sweep``, ``--quick``, ``--backend NAME``, ``--findings PATH``, ``--out DIR``, plus whatever
-    ``extra(parser)`` adds. ``findings`` defaults to :func:`kb.default_path` and ``out`` to
-    ``<findings dir>/<proto>`` (where ``attention-proto report`` looks for tables and plots)."""
-    parser = argparse.ArgumentParser(prog=f"attention-proto bench {proto}", description=description)
-    parser.add_argument("--sweep", action="store_true", help="run the full parameter sweep")
-    parser.add_argument("--quick", action="store_true", help="a small, fast subset (smoke test)")
-    parser.add_argument("--backend", default=None, help="backend to run on (default: the best available)")
-    parser.add_argument("--findings", type=Path, default=None,
-                        help=f"findings file (default: ${kb.ENV_PATH} or findings/findings.jsonl)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for tables and plots (default: <findings dir>/<proto>)")
-    if extra is not None:
-        extra(parser)
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.findings is None:
-        args.findings = kb.default_path()
-    if args.out is None:
-        args.out = args.findings.parent / proto
-    return args

@@ -9,6 +9,7 @@ import json
 import os
 import pkgutil
 import sys
+from importlib.metadata import PackageNotFoundError, version
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,15 @@ from typing import Any
 from attention_proto import bench, kb
 
 _HOST_NOTE = "host backend numbers are CPU timings of the MSL kernels, not Apple-GPU results"
+# An id the flash attention bench writes on the host backend (the --help examples must run).
+_EXAMPLE_ID = "flash_attention/min_fitting_tiles/host/limit=32768"
+
+
+def _version() -> str:
+    try:
+        return version("attention-proto")
+    except PackageNotFoundError:  # a source tree
+        return "0.0.0+source"
 
 
 class CliError(Exception):
@@ -40,7 +50,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise CliError(f"backend {args.backend!r} is not available here "
                            f"(available: {', '.join(names) or 'none'})")
         names = [args.backend] if args.backend else names
-        devices = {name: dict(ap.device_info(name)) for name in names}
+        devices = {name: ap.device_info(name).as_dict() for name in names}
     except ImportError as exc:
         raise CliError(missing.format(exc)) from None
     if args.json:
@@ -78,24 +88,27 @@ def available_protos() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(benches.__path__) if not m.name.startswith("_"))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Runs ``attention_proto.benches.<proto>.main(argv)`` with the common options forwarded."""
+def bench_spec(proto: str) -> Any:
+    """The ``SPEC`` (a ``benchspec.BenchSpec``) of ``attention_proto.benches.<proto>``; CliError if none."""
     protos = available_protos()
-    listing = ", ".join(protos) if protos else "none yet"
-    if args.proto is None:
-        print(f"available prototypes: {listing}")
-        return 0
-    if args.proto not in protos:
-        raise CliError(f"unknown prototype {args.proto!r} (available: {listing})")
-    module = importlib.import_module(f"attention_proto.benches.{args.proto}")
-    main = getattr(module, "main", None)
-    if not callable(main):
-        raise CliError(f"attention_proto.benches.{args.proto} has no main(argv) function")
-    argv = [flag for flag, on in (("--sweep", args.sweep), ("--quick", args.quick)) if on]
-    for option in ("backend", "findings", "out"):
-        if getattr(args, option) is not None:
-            argv += [f"--{option}", str(getattr(args, option))]
-    return int(main(argv + args.passthrough) or 0)
+    if proto not in protos:
+        raise CliError(f"unknown prototype {proto!r} (available: {', '.join(protos) or 'none yet'})")
+    spec = getattr(importlib.import_module(f"attention_proto.benches.{proto}"), "SPEC", None)
+    if spec is None:
+        raise CliError(f"attention_proto.benches.{proto} declares no SPEC")
+    return spec
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Without a prototype: lists the benches and the questions each answers."""
+    for proto in available_protos():
+        spec = bench_spec(proto)
+        print(f"{proto}: {spec.description.split(': ')[0]}")
+        for q in spec.questions:
+            print(f"  - {q.id}: {q.text}" + ("" if q.needs_gpu else " (any backend)"))
+    print("\nrun one with `attention-proto bench PROTO [--quick | --sweep] [options]`; "
+          "`attention-proto bench PROTO --help` lists its options")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attention-proto", formatter_class=_formatter,
         description=_wrap("Attention-kernel prototypes for Apple-Silicon GPUs: device info, benches, "
                           "knowledge-base findings and reports.\nNote: " + _HOST_NOTE + "."),
-        epilog=_examples("info", "bench flash_attention --quick", "findings summary",
+        epilog=_examples("info", "bench flash_attention --quick --head-dims 64 --seq 64", "findings summary",
                          "report --out report.md"),
     )
+    parser.add_argument("--version", action="version", version=f"attention-proto {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     findings_opt = argparse.ArgumentParser(add_help=False)
     findings_opt.add_argument("--findings", type=Path, metavar="PATH",
@@ -340,46 +354,40 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--backend", metavar="NAME", help="only this backend (e.g. host, metal)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    run = _command(
+    _command(
         sub, "bench", "run one prototype's bench",
-        "Run a prototype's bench: attention_proto.benches.<PROTO>.main(argv). It prints tables, saves "
-        "tables and plots under --out and emits findings. Without PROTO, list the available "
-        "prototypes. Arguments after -- go to the bench unchanged.",
-        ["bench                      # list prototypes", "bench flash_attention --quick",
-         "bench paged_attention --sweep --backend host --out results/",
-         "bench flash_attention -- --help   # the bench's own options"],
-        cmd_bench, [findings_opt])
-    run.add_argument("proto", nargs="?", metavar="PROTO", help="prototype name, e.g. flash_attention")
-    run.add_argument("--sweep", action="store_true", help="run the full parameter sweep")
-    run.add_argument("--quick", action="store_true", help="run a small, fast subset")
-    run.add_argument("--backend", metavar="NAME", help="backend to run on (default: the best available)")
-    run.add_argument("--out", type=Path, metavar="DIR",
-                     help="directory for tables and plots (default: <findings dir>/<PROTO>)")
+        "Run a prototype's bench: `attention-proto bench PROTO [options]`. It prints tables, saves tables and "
+        "plots under --out and emits findings. Every bench takes --quick, --sweep, --backend, --findings, "
+        "--out, --samples, --repeat and --seed, plus options of its own: `attention-proto bench PROTO --help` "
+        "lists them. Without PROTO, list the benches and the questions they answer.",
+        ["bench", "bench flash_attention --help", "bench flash_attention --quick --head-dims 64 --seq 64"],
+        cmd_bench)
 
     fnd = _command(
         sub, "findings", "list, show, validate or summarise findings",
         "Work with the knowledge-base findings file (JSON lines, one finding a line).",
         ["findings list --proto flash_attention --kind performance",
-         "findings show flash_attention/tflops/host/D=64",
-         "findings validate --findings findings/findings.jsonl", "findings summary"])
+         f"findings show {_EXAMPLE_ID}", "findings validate", "findings summary"])
     fsub = fnd.add_subparsers(dest="action", metavar="ACTION", required=True)
     flist = _command(
         fsub, "list", "list findings (filterable)",
         "List findings as a table: id, kind, value, backend and device.",
-        ["findings list --backend metal --device 'M4 Pro'"], cmd_findings_list, [findings_opt])
+        ["findings list --backend host", "findings list --backend metal --device 'M4 Pro'"], cmd_findings_list,
+        [findings_opt])
     flist.add_argument("--proto", help="only this prototype")
     flist.add_argument("--kind", choices=kb.KINDS, help="only this kind")
     flist.add_argument("--backend", help="only this backend (host, metal)")
     flist.add_argument("--device", metavar="NAME", help="only devices whose name contains NAME")
     show = _command(
         fsub, "show", "show one finding", "Show one finding as JSON, with the device it was measured on.",
-        ["findings show flash_attention/tflops/host/D=64"], cmd_findings_show, [findings_opt])
+        [f"findings show {_EXAMPLE_ID}"], cmd_findings_show, [findings_opt])
     show.add_argument("id", metavar="ID", help="the finding's id (see `findings list`)")
     _command(
         fsub, "validate", "check the file's schema",
         "Check every line of the findings file against the schema; report the first bad line with its "
         "line number and reason. Exit status 1 when invalid.",
-        ["findings validate --findings findings/findings.jsonl"], cmd_findings_validate, [findings_opt])
+        ["findings validate", "findings validate --findings findings/findings.jsonl"], cmd_findings_validate,
+        [findings_opt])
     _command(
         fsub, "summary", "findings grouped by prototype and kind",
         "Summarise findings by prototype and kind. Apple-GPU (metal backend) results come first; "
@@ -401,16 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attention-proto`` command; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "--" in args_list:
-        cut = args_list.index("--")
-        args_list, passthrough = args_list[:cut], args_list[cut + 1:]
-    parser = build_parser()
-    args = parser.parse_args(args_list)
-    if passthrough and args.command != "bench":
-        parser.error(f"arguments after -- are only for `bench`: {' '.join(passthrough)}")
-    args.passthrough = passthrough
     try:
+        # `bench PROTO ...`: the bench's own command line takes everything after the name (its --help too)
+        if len(args_list) >= 2 and args_list[0] == "bench" and not args_list[1].startswith("-"):
+            from attention_proto.benchspec import run_bench
+
+            return run_bench(bench_spec(args_list[1]), args_list[2:])
+        args = build_parser().parse_args(args_list)
         return args.handler(args)
     except (CliError, kb.FindingError) as exc:
         print(f"attention-proto: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ KINDS: tuple[str, ...] = ("performance", "numerics", "memory", "compile", "api",
 """The allowed values of ``Finding.kind``."""
 
 FIELDS: tuple[str, ...] = (
-    "id", "proto", "kind", "claim", "metric", "value", "unit",
+    "id", "proto", "kind", "question", "claim", "metric", "value", "unit",
     "config", "device", "evidence", "created", "version",
 )
 """Every field of a finding record, in file order."""
@@ -38,7 +38,7 @@ ENV_PATH = "ATTENTION_PROTO_FINDINGS"
 
 MAX_CLAIM_CHARS = 400
 _EVIDENCE_NUMBERS = ("median", "p20", "p80", "mean", "spread")
-_EVIDENCE_TEXT = ("test", "table")
+_EVIDENCE_TEXT = ("test", "table", "derived")
 
 
 class FindingError(ValueError):
@@ -85,9 +85,11 @@ def jsonable(obj: Any) -> Any:
 class Finding:
     """One knowledge-base finding. Construction validates it (raises :class:`FindingError`).
 
+    ``question`` is the id of the bench question it answers (see ``benchspec.Question``), "" for none.
     ``device`` is the backend's ``device_info()`` dict (at least ``backend``, ``name``, ``family``);
     ``evidence`` holds timing statistics (``samples``, ``median``, ``p20``, ``p80``, ``spread``; see
-    ``TimingStats.evidence()``) or the ``test`` that shows the fact, or the ``table`` it comes from.
+    ``TimingStats.evidence()``), the ``test`` that shows the fact, the ``table`` it comes from, or, for
+    derived arithmetic (a formula's result, not a measurement), ``derived``: the formula.
     Numpy scalars and arrays in ``value``/``config``/``evidence`` are converted to plain JSON types.
     """
 
@@ -103,6 +105,7 @@ class Finding:
     evidence: dict[str, Any]
     created: str = dataclasses.field(default_factory=utc_now)
     version: str = dataclasses.field(default_factory=package_version)
+    question: str = ""
 
     def __post_init__(self) -> None:
         for name in ("value", "config", "device", "evidence"):
@@ -115,7 +118,8 @@ class Finding:
 
     @classmethod
     def from_dict(cls, record: Any) -> Finding:
-        """Builds (and so validates) a finding from a record; raises :class:`FindingError`."""
+        """Builds (and so validates) a finding from a record; raises :class:`FindingError`. A record
+        without ``question`` (written before findings named one) answers none ("")."""
         _check_fields(record)
         return cls(**record)
 
@@ -184,7 +188,8 @@ def _check_device(device: dict[str, Any]) -> None:
 def _check_evidence(evidence: dict[str, Any]) -> None:
     if not any(key in evidence for key in ("samples", *_EVIDENCE_NUMBERS, *_EVIDENCE_TEXT)):
         _fail("evidence", "needs timing statistics (samples, median, p20, p80, spread), "
-                          "the 'test' that shows the finding, or the 'table' it comes from")
+                          "the 'test' that shows the finding, the 'table' it comes from, or the formula it "
+                          "is 'derived' from")
     for key in _EVIDENCE_NUMBERS:
         if key in evidence:
             _check_number(f"evidence.{key}", evidence[key])
@@ -203,7 +208,7 @@ def _check_fields(record: Any) -> None:
     if not isinstance(record, Mapping):
         raise FindingError(f"a finding must be a JSON object, got {type(record).__name__}")
     for field in FIELDS:
-        if field not in record:
+        if field not in record and field != "question":  # optional: older findings name no question
             _fail(field, "missing")
     unknown = sorted(set(record) - set(FIELDS))
     if unknown:
@@ -222,6 +227,8 @@ def validate(record: Any) -> None:
     for field in ("id", "proto", "metric", "version"):
         _check_text(record, field)
     _check_text(record, "unit", allow_empty=True)
+    if "question" in record:
+        _check_text(record, "question", allow_empty=True)
     _check_text(record, "claim")
     if record["kind"] not in KINDS:
         _fail("kind", f"unknown kind {record['kind']!r} (expected one of: {', '.join(KINDS)})")

@@ -46,9 +46,11 @@ def archive_path() -> str:
 
 
 def archive_add(kernel: Kernel) -> float:
-    """Compiles `kernel` (with its function constants) into the current archive; returns the seconds."""
+    """Compiles `kernel` (its constants, defines, linked functions and max-threads hint: the pipeline
+    spec) into the current archive, with the descriptor later lookups use; returns the seconds."""
     return float(_require().metal_archive_add(kernel.source, kernel.path, kernel.include_dirs, kernel.function,
-                                              kernel.constants))
+                                              kernel.constants, kernel.defines, kernel.linked_functions,
+                                              kernel.max_threads_per_threadgroup))
 
 
 def archive_serialize() -> None:

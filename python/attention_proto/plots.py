@@ -158,3 +158,41 @@ def line_chart(
     if len(ys) > 1 or series:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def bar_chart(
+    table: Any,
+    x: str,
+    y: str,
+    title: str,
+    path: str | os.PathLike[str],
+    device: Mapping[str, Any],
+    *,
+    series: str | None = None,
+    ylabel: str | None = None,
+) -> Path:
+    """Draws ``y`` for each value of ``x`` as bars (grouped by ``series`` when given) and saves a PNG;
+    e.g. each variant's time relative to the base kernel. ``device`` labels the subtitle. Rows without
+    a numeric value are left out. Returns the path written."""
+    import numpy as np
+
+    _check_device(device)
+    rows = _rows(table)
+    xs = list(dict.fromkeys(r.get(x) for r in rows if r.get(x) is not None))
+    groups = _sorted_unique([r.get(series) for r in rows]) if series else [None]
+    fig, ax = _figure(title, device, (max(7.0, 1.0 + 0.8 * len(xs) * len(groups)), 4.5))
+    width = 0.8 / len(groups)
+    for g, group in enumerate(groups):
+        values = []
+        for value in xs:
+            match = [r for r in rows if r.get(x) == value and (series is None or r.get(series) == group)]
+            values.append(_number(match[0].get(y)) if match else math.nan)
+        offsets = np.arange(len(xs)) + (g - (len(groups) - 1) / 2) * width
+        ax.bar(offsets, values, width, label=f"{series}={group}" if series else None)
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=20 if len(xs) > 6 else 0)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    ax.grid(True, axis="y", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,9 +1,8 @@
-"""Backends and device facts, and the host backend's one-time set-up."""
+"""Backends and device facts, and the core's one-time set-up (where its headers, compiler and shaders are)."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 from . import _core
 
@@ -38,18 +37,22 @@ def shader_dir() -> Path:
     return _PACKAGE_DIR.parent.parent / "shaders"
 
 
-_core.configure_host(str(_host_include_dir()), _zig_executable())
+_core.configure(str(_host_include_dir()), _zig_executable(), str(shader_dir()))
 
 
 def backends() -> list[str]:
-    """Names of the backends usable on this machine, best first (e.g. ``["metal", "host"]`` on a Mac)."""
+    """Names of the backends usable on this machine, best first (e.g. ``["metal", "host"]`` on a Mac).
+
+    On Apple Silicon a missing Metal device raises BackendUnavailableError saying why, so nothing runs
+    quietly on the CPU alone; ``APROTO_REQUIRE_METAL=0`` allows the host backend by itself.
+    """
     return list(_core.backends())
 
 
-def device_info(backend: str | None = None) -> dict[str, Any]:
+def device_info(backend: str | None = None) -> _core.DeviceInfo:
     """Facts about a backend's device: name, family, limits (threadgroup memory, SIMD width, ...).
 
     ``backend=None`` picks the best available backend. On the host backend the device is the CPU and
-    the limits are the Apple-GPU limits it emulates.
+    the limits are the Apple-GPU limits it emulates. ``.as_dict()`` gives the plain dict findings store.
     """
-    return dict(_core.device_info(backend or ""))
+    return _core.device_info(backend or "")

@@ -7,26 +7,27 @@ sees keys ``j <= i + Nk - Nq``); a query row that sees no key (``Nq > Nk``) outp
 logsumexp is ``-inf``.
 
 Tiles: each threadgroup computes ``block_q`` query rows (one SIMD-group per 8 rows) and walks the keys
-``block_k`` at a time (at most :data:`MAX_BLOCK_K`). Q, K and V tiles live in the kernel's
-``[[threadgroup(0)]]`` buffer, whose length :func:`threadgroup_bytes` gives and the dispatch sets;
-configurations over the device's limit (32 KB on Apple GPUs) are rejected before dispatch.
+``block_k`` at a time (at most :data:`MAX_BLOCK_K`). The Q, K and V tiles live in the kernel's
+``[[threadgroup(0)]]`` buffer of :func:`threadgroup_bytes` bytes; configurations over the device's
+limit (32 KB on Apple GPUs) raise ResourceLimitError (a ValueError) before any dispatch.
 
-Timing: :func:`flash_attention_timed` returns ``(out, lse | None, DispatchTiming)``; the timing is GPU
-time on the ``metal`` backend and CPU wall time of the emulation on the ``host`` backend.
+Every argument is checked by the C++ entry point (``attention_proto._core.flash_attention``): bad input
+raises ValueError or TypeError naming the argument. Timing: :func:`flash_attention_timed` returns
+``(out, lse | None, DispatchTiming)``; its ``seconds`` are GPU time on ``metal`` and the CPU wall time of
+the emulation on ``host``.
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from . import _core, memory
-from .kernel import DispatchTiming
-from .runtime import backends, device_info, shader_dir
+from .. import _core, memory
 
-HEAD_DIMS: tuple[int, ...] = tuple(_core.flash_attention_head_dims())
+_FACTS = _core.proto_facts("flash_attention")
+
+HEAD_DIMS: tuple[int, ...] = tuple(_FACTS["head_dims"])
 """Head dimensions the kernel supports."""
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -35,14 +36,12 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 BLOCK_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128)
 """Candidate values of block_q and block_k for sweeps (the kernel accepts any multiple of 8)."""
 
-MAX_BLOCK_Q = 256
+MAX_BLOCK_Q: int = _FACTS["max_block_q"][0]
 """block_q / 8 SIMD-groups of 32 threads: 256 rows is Apple's limit of 1024 threads per threadgroup."""
 
-MAX_BLOCK_K = 128
-"""MAX_BLOCK_K in the shader: its score registers are an array of MAX_BLOCK_K / 8 fragments, a literal
-size because MSL array sizes must be compile-time constants (function constants are not)."""
-
-_ROW_PAD_BYTES = 16  # ROW_PAD_BYTES in the shader: padding after each tile row (bank conflicts)
+MAX_BLOCK_K: int = _FACTS["max_block_k"][0]
+"""The shader's score registers are an array of MAX_BLOCK_K / 8 fragments, a literal size because MSL
+array sizes must be compile-time constants (function constants are not)."""
 
 # Default (block_q, block_k) per (head_dim, dtype). Source: an M4 prior, not a measurement of ours.
 # MLX's full-attention kernel (mlx/backend/metal/scaled_dot_product_attention.cpp) uses 4 SIMD-groups
@@ -61,198 +60,37 @@ DEFAULT_TILES: dict[tuple[int, str], tuple[int, int]] = {
 }
 
 
-def _dtype_name(dtype: Any) -> str:
-    return np.dtype(dtype).name
-
-
-def itemsize(dtype: Any) -> int:
-    """Bytes per element of a supported dtype."""
-    name = _dtype_name(dtype)
-    if name not in DTYPES:
-        raise TypeError(f"dtype must be one of {', '.join(DTYPES)}, got {name}")
-    return 4 if name == "float32" else 2
-
-
-def threadgroup_bytes(block_q: int, block_k: int, head_dim: int, dtype: Any) -> int:
-    """Threadgroup memory of one configuration in bytes: the length of the kernel's ``[[threadgroup(0)]]``
-    buffer, which the dispatch sets and the kernel carves into its tiles.
-
-    A Q tile of ``block_q`` rows, then K and V tiles of ``block_k`` rows each; a row holds ``head_dim``
-    elements plus 16 bytes of padding (which keeps the 8 rows of an 8x8 fragment load on different
-    threadgroup-memory banks)::
-
-        (block_q + 2 * block_k) * (head_dim * itemsize + 16)
-
-    Every tile is a multiple of 16 bytes, so each starts 16-byte aligned and the total is the multiple
-    of 16 Metal requires of a threadgroup-memory length.
-    """
-    for name, value in (("block_q", block_q), ("block_k", block_k), ("head_dim", head_dim)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return (int(block_q) + 2 * int(block_k)) * (int(head_dim) * itemsize(dtype) + _ROW_PAD_BYTES)
-
-
-def fitting_tiles(head_dim: int, dtype: Any, limit: int = 32768,
-                  sizes: tuple[int, ...] = BLOCK_SIZES) -> list[tuple[int, int]]:
-    """Every ``(block_q, block_k)`` from ``sizes`` whose threadgroup memory is at most ``limit`` bytes."""
-    return [(bq, bk) for bq in sizes for bk in sizes
-            if bq <= MAX_BLOCK_Q and bk <= MAX_BLOCK_K and threadgroup_bytes(bq, bk, head_dim, dtype) <= limit]
-
-
-@functools.lru_cache(maxsize=None)
-def _threadgroup_limit(backend: str) -> int:
-    return int(device_info(backend)["max_threadgroup_memory"])
-
-
-def _backend_name(backend: str | None) -> str:
-    available = backends()
-    if backend is None:
-        return available[0]
-    if not isinstance(backend, str) or backend not in available:
-        raise ValueError(f"backend {backend!r} is not available here (available: {', '.join(available)})")
-    return backend
-
-
-def _check_array(name: str, x: Any) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions [B, H, N, D], got shape {x.shape}")
-    if 0 in x.shape:
-        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray({name}))")
-    return x
-
-
-def _aligned(x: np.ndarray) -> np.ndarray:
-    """``x``, or a copy at a 16-byte aligned address: the kernel reads inputs four elements at a time."""
-    if x.ctypes.data % 16 == 0:
-        return x
-    copy = memory.empty(x.shape, x.dtype)
-    copy[...] = x
-    return copy
-
-
-def _kernel_view(x: np.ndarray) -> np.ndarray:
-    """What the binding receives: bfloat16 as a uint16 view (numpy's DLPack export lacks bfloat16)."""
-    return x.view(np.uint16) if x.dtype.name == "bfloat16" else x
-
-
-def _check_out(name: str, out: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype:
-        raise ValueError(f"{name} must have shape {shape} and dtype {dtype.name}, got {out.shape} {out.dtype.name}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"{name} must be a writable C-contiguous array")
-    return out
-
-
-def _check_block(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 8 or value % 8 != 0:
-        raise ValueError(f"{name} must be a positive multiple of 8 (the kernel works on 8x8 tiles), got {value}")
-    return int(value)
-
-
-class _Call(NamedTuple):
-    q: np.ndarray
-    k: np.ndarray
-    v: np.ndarray
-    out: np.ndarray
-    lse: np.ndarray | None
-    dtype: str
-    scale: float
-    block_q: int
-    block_k: int
-    backend: str
-
-
-def _prepare(q: Any, k: Any, v: Any, causal: bool, scale: float | None, block_q: int | None,
-             block_k: int | None, return_lse: bool, backend: str | None, out: np.ndarray | None,
-             lse_out: np.ndarray | None) -> _Call:
-    """Validates a call (clear errors naming the argument) and fills in the defaults."""
-    q, k, v = _check_array("q", q), _check_array("k", k), _check_array("v", v)
-    names = {q.dtype.name, k.dtype.name, v.dtype.name}
-    if len(names) != 1:
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype.name}, {k.dtype.name}, {v.dtype.name}")
-    dtype = q.dtype.name
-    if dtype not in DTYPES:
-        raise TypeError(f"q, k, v dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    batch, q_heads, q_len, head_dim = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got k {k.shape} and v {v.shape}")
-    if k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k shape {k.shape} does not match q shape {q.shape}: expected [B, Hkv, Nk, D] "
-                         f"with B = {batch} and D = {head_dim}")
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"head dim {head_dim} (q.shape[3]) not supported; supported: {', '.join(map(str, HEAD_DIMS))}")
-    kv_heads = k.shape[1]
-    if q_heads % kv_heads != 0:
-        raise ValueError(f"q heads ({q_heads}) must be a multiple of k/v heads ({kv_heads}) for GQA")
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    backend = _backend_name(backend)
-    default_q, default_k = DEFAULT_TILES[(head_dim, dtype)]
-    block_q = _check_block("block_q", default_q if block_q is None else block_q)
-    block_k = _check_block("block_k", default_k if block_k is None else block_k)
-    if block_q > MAX_BLOCK_Q:
-        raise ValueError(f"block_q must be at most {MAX_BLOCK_Q} (block_q / 8 SIMD-groups of 32 threads, "
-                         f"1024 threads per threadgroup), got {block_q}")
-    if block_k > MAX_BLOCK_K:
-        raise ValueError(f"block_k must be at most {MAX_BLOCK_K} (the kernel's score registers are sized for "
-                         f"MAX_BLOCK_K = {MAX_BLOCK_K} keys), got {block_k}")
-    need, limit = threadgroup_bytes(block_q, block_k, head_dim, dtype), _threadgroup_limit(backend)
-    if need > limit:
-        raise ValueError(f"block_q={block_q}, block_k={block_k} need {need} bytes of threadgroup memory for "
-                         f"head dim {head_dim} and {dtype}, over the {limit}-byte limit of the {backend} backend; "
-                         f"tiles that fit: {fitting_tiles(head_dim, dtype, limit)}")
-    # Fresh outputs are page-aligned so the Metal backend writes into them without a copy.
-    if out is None:
-        out = memory.empty(q.shape, q.dtype)
-    else:
-        out = _check_out("out", out, q.shape, q.dtype)
-    lse_shape = (batch, q_heads, q_len)
-    if lse_out is not None and not return_lse:
-        raise ValueError("lse_out is given but return_lse is False")
-    if return_lse:
-        lse_out = (memory.empty(lse_shape, np.float32) if lse_out is None
-                   else _check_out("lse_out", lse_out, lse_shape, np.dtype(np.float32)))
-    written = [("out", out)] + ([("lse_out", lse_out)] if lse_out is not None else [])
-    for name, result in written:
-        for other_name, other in (("q", q), ("k", k), ("v", v), *written):
-            if other_name != name and np.may_share_memory(result, other):
-                raise ValueError(f"{name} must not overlap {other_name}")
-    return _Call(_aligned(q), _aligned(k), _aligned(v), out, lse_out, dtype, float(scale), block_q, block_k,
-                 backend)
-
-
 def flash_attention_timed(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False, scale: float | None = None,
     block_q: int | None = None, block_k: int | None = None, return_lse: bool = False,
     backend: str | None = None, out: np.ndarray | None = None, lse_out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, DispatchTiming]:
+    repeat: int = 1,
+) -> tuple[np.ndarray, np.ndarray | None, _core.DispatchTiming]:
     """Like :func:`flash_attention`, and also returns the dispatch timing.
 
-    Returns ``(out, lse, timing)``: ``lse`` is None unless ``return_lse``; ``timing.seconds`` is the
+    Returns ``(out, lse, timing)``: ``lse`` is None unless ``return_lse``. ``timing.seconds`` is the
     kernel's GPU time on Metal (``GPUEndTime - GPUStartTime``) and the wall time of the CPU emulation on
-    the host backend (a CPU number, never an Apple-GPU one). The first call of a configuration also
-    compiles its pipeline; that is not part of the timing.
+    the host backend (a CPU number, never an Apple-GPU one); ``timing.wall_seconds`` is wall time on both.
+    With ``repeat`` the kernel runs that many times in one submission and the times are per run. The
+    first call of a configuration also compiles its pipeline; that is not part of the timing.
     """
-    call = _prepare(q, k, v, causal, scale, block_q, block_k, return_lse, backend, out, lse_out)
-    result = _core.flash_attention(
-        _kernel_view(call.q), _kernel_view(call.k), _kernel_view(call.v), _kernel_view(call.out), call.lse,
-        call.dtype, bool(causal), call.scale, call.block_q, call.block_k, call.backend, str(shader_dir()))
-    timing = DispatchTiming(seconds=result["seconds"], timer=result["timer"], backend=result["backend"],
-                            bytes_copied=result["bytes_copied"], buffers_copied=result["buffers_copied"])
-    return call.out, call.lse, timing
+    if lse_out is not None and not return_lse:
+        raise ValueError("lse_out is given but return_lse is False")
+    # Defaults need q's shape and dtype; anything malformed goes on to the entry point, which says what.
+    shaped = isinstance(q, np.ndarray) and q.ndim == 4
+    if shaped:
+        default_q, default_k = DEFAULT_TILES.get((q.shape[3], q.dtype.name), (None, None))
+        block_q = default_q if block_q is None else block_q
+        block_k = default_k if block_k is None else block_k
+        scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
+        # Fresh outputs live in package memory, so the Metal backend writes into them without a copy.
+        out = memory.empty(q.shape, q.dtype) if out is None else out
+        if return_lse and lse_out is None:
+            lse_out = memory.empty(q.shape[:3], np.float32)
+    timing = _core.flash_attention(
+        {"q": q, "k": k, "v": v, "out": out, "lse": lse_out if return_lse else None},
+        {"causal": causal, "scale": scale, "block_q": block_q, "block_k": block_k}, backend or "", repeat)
+    return out, lse_out if return_lse else None, timing  # type: ignore[return-value]
 
 
 def flash_attention(
@@ -279,7 +117,8 @@ def flash_attention(
 
     Raises:
         TypeError / ValueError naming the argument for bad inputs (dtype mix, shape mismatch,
-        unsupported head dim, ``Hq % Hkv != 0``, non-contiguous arrays, bad tiles, unknown backend).
+        unsupported head dim, ``Hq % Hkv != 0``, non-contiguous or overlapping arrays, bad tiles,
+        unknown backend); ResourceLimitError (a ValueError) for tiles over the threadgroup memory.
     """
     result, lse, _ = flash_attention_timed(q, k, v, causal=causal, scale=scale, block_q=block_q,
                                            block_k=block_k, return_lse=return_lse, backend=backend, out=out,
@@ -287,12 +126,44 @@ def flash_attention(
     return (result, lse) if return_lse else result
 
 
+def plan(head_dim: int, dtype: Any, *, block_q: int, block_k: int, causal: bool = False,
+         return_lse: bool = False, backend: str | None = None, build: bool = False) -> list[_core.LaunchInfo]:
+    """The launch one configuration makes (pipeline key, grid, threadgroup memory) without running it;
+    with ``build`` its pipeline is built too (``launch.pipeline``)."""
+    shape, dt = (1, 1, 8, int(head_dim)), np.dtype(dtype)
+    shapes: dict[str, Any] = {name: (shape, dt) for name in ("q", "k", "v", "out")}
+    if return_lse:
+        shapes["lse"] = (shape[:3], np.dtype(np.float32))
+    options = {"causal": causal, "scale": 1.0, "block_q": block_q, "block_k": block_k}
+    return _core.plan("flash_attention", shapes, options, backend or "", build)
+
+
+def threadgroup_bytes(block_q: int, block_k: int, head_dim: int, dtype: Any) -> int:
+    """Threadgroup memory of one configuration in bytes: the length of the kernel's ``[[threadgroup(0)]]``
+    buffer, which the dispatch sets and the kernel carves into its tiles.
+
+    A Q tile of ``block_q`` rows, then K and V tiles of ``block_k`` rows each; a row holds ``head_dim``
+    elements plus 16 bytes of padding (which keeps the 8 rows of an 8x8 fragment load on different
+    threadgroup-memory banks): ``(block_q + 2 * block_k) * (head_dim * itemsize + 16)``. The C++ entry
+    point computes it (this asks it), so the number is the one dispatched.
+    """
+    return int(plan(head_dim, dtype, block_q=block_q, block_k=block_k)[0].threadgroup_bytes)
+
+
+def fitting_tiles(head_dim: int, dtype: Any, limit: int = 32768,
+                  sizes: tuple[int, ...] = BLOCK_SIZES) -> list[tuple[int, int]]:
+    """Every ``(block_q, block_k)`` from ``sizes`` the kernel accepts whose threadgroup memory is at most
+    ``limit`` bytes."""
+    return [(bq, bk) for bq in sizes for bk in sizes
+            if bq <= MAX_BLOCK_Q and bk <= MAX_BLOCK_K and threadgroup_bytes(bq, bk, head_dim, dtype) <= limit]
+
+
 def pipeline_info(head_dim: int, dtype: Any, *, block_q: int, block_k: int, causal: bool = False,
-                  return_lse: bool = False, backend: str | None = None) -> dict[str, Any]:
-    """Facts of one configuration's pipeline (built on first use): function, key, compile seconds,
-    cache, and ``static_threadgroup_memory``, which on the host backend is what the last dispatch of
-    that configuration measured (0 before any dispatch). The kernel declares no threadgroup arrays, so
-    it stays 0: its tiles are the ``[[threadgroup(0)]]`` buffer of :func:`threadgroup_bytes` bytes."""
-    return dict(_core.flash_attention_pipeline_info(
-        int(head_dim), _dtype_name(dtype), _check_block("block_q", block_q), _check_block("block_k", block_k),
-        bool(causal), bool(return_lse), _backend_name(backend), str(shader_dir())))
+                  return_lse: bool = False, backend: str | None = None) -> _core.PipelineInfo:
+    """Facts of one configuration's pipeline (built on first use): key, compile stages and cache, limits,
+    and ``static_threadgroup_memory`` (the kernel declares none: its tiles are the ``[[threadgroup(0)]]``
+    buffer; on the host backend the value is what runs of the pipeline measured)."""
+    launch = plan(head_dim, dtype, block_q=block_q, block_k=block_k, causal=causal, return_lse=return_lse,
+                  backend=backend, build=True)[0]
+    assert launch.pipeline is not None
+    return launch.pipeline
