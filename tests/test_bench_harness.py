@@ -184,16 +184,6 @@ def test_table_from_json_rejects_other_json(tmp_path):
         bench.Table.from_json(path)
 
 
-def test_parse_bench_args_defaults(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTENTION_PROTO_FINDINGS", str(tmp_path / "kb" / "findings.jsonl"))
-    args = bench.parse_bench_args("flash_attention", ["--quick"], "demo")
-    assert args.quick and not args.sweep and args.backend is None
-    assert args.out == tmp_path / "kb" / "flash_attention"
-    args = bench.parse_bench_args("p", ["--out", str(tmp_path), "--tile", "32"], "demo",
-                                  extra=lambda p: p.add_argument("--tile", type=int))
-    assert args.out == tmp_path and args.tile == 32
-
-
 def test_heatmap_and_line_chart_write_pngs_labelled_with_the_device(tmp_path):
     rows = [{"Br": br, "Bc": bc, "tflops": br * bc / 1000} for br in (16, 32, 64) for bc in (16, 32)]
     rows.append({"Br": 128, "Bc": 16, "error": "too much threadgroup memory"})
@@ -202,5 +192,7 @@ def test_heatmap_and_line_chart_write_pngs_labelled_with_the_device(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = plots.line_chart(rows, "Br", "tflops", "by Br", tmp_path / "line.png", HOST, series="Bc", logx=True)
     assert png.stat().st_size > 1000
+    png = plots.bar_chart(rows, "Br", "tflops", "by Br", tmp_path / "bar.png", HOST, series="Bc")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="device"):
         plots.heatmap(table, "Bc", "Br", "tflops", "tiles", tmp_path / "x.png", {})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
+import textwrap
+import types
 
 import pytest
 
@@ -47,7 +51,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     [
         ([], "device info, benches"),
         (["info"], "device limits"),
-        (["bench"], "Arguments after -- go to the bench"),
+        (["bench"], "--help` lists them"),
         (["findings"], "knowledge-base findings file"),
         (["findings", "list"], "id, kind, value"),
         (["findings", "show"], "measured on"),
@@ -67,7 +71,8 @@ def test_every_help_explains_itself(capsys, argv, expect):
 
 def test_info_shows_backends_limits_and_no_gpu_peak_for_the_host(capsys, monkeypatch):
     monkeypatch.setattr(attention_proto, "backends", lambda: ["host"], raising=False)
-    monkeypatch.setattr(attention_proto, "device_info", lambda name=None: dict(HOST), raising=False)
+    monkeypatch.setattr(attention_proto, "device_info",
+                        lambda name=None: types.SimpleNamespace(as_dict=lambda: dict(HOST)), raising=False)
     code, out, _ = run(capsys, "info")
     assert code == 0
     assert "backends (best first): host" in out
@@ -86,37 +91,84 @@ def test_info_without_the_extension_says_how_to_get_it(capsys, monkeypatch):
     assert code == 1 and "pip install ." in err
 
 
+def test_info_on_the_real_backends(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "backends (best first):" in out and "max_threadgroup_memory:" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("attention-proto ")
+
+
+FAKE_BENCH = textwrap.dedent("""
+    from attention_proto import kb
+    from attention_proto.benchspec import BenchSpec, Question, TableSpec, run_bench
+
+    def options(p):
+        p.add_argument("--tile", type=int, default=8, help="the tile to try (a fake option)")
+
+    def findings(ctx, tables):
+        row = tables["sizes"].rows[-1]
+        return [ctx.finding("biggest", "memory", "tile", row["bytes"], "B", {"tile": ctx.args.tile},
+                            f"a tile of {ctx.args.tile} takes {row['bytes']} bytes", {"table": ctx.table_path("sizes")})]
+
+    SPEC = BenchSpec(
+        proto="fake_proto", description="A fake bench: tile sizes.",
+        questions=(Question("biggest", "How many bytes does the tile take?", ("memory",), False),
+                   Question("speed", "How fast is it?", ("performance",), True)),
+        tables=(TableSpec("sizes", "tile bytes", lambda ctx: [{"tile": ctx.args.tile, "mode": ctx.mode}],
+                          lambda ctx, c: {"bytes": 4 * c["tile"] ** 2}, timed=False),),
+        findings=findings, options=options, examples=("--quick --tile 16",))
+
+    def main(argv):
+        return run_bench(SPEC, argv)
+""")
+
+
 @pytest.fixture
 def fake_bench(tmp_path, monkeypatch):
-    """A bench module ``fake_proto`` on the benches package path that records its argv."""
+    """A bench module ``fake_proto`` with a SPEC on the benches package path."""
     directory = tmp_path / "benches_extra"
     directory.mkdir()
-    (directory / "fake_proto.py").write_text(
-        "CALLS = []\n\ndef main(argv):\n    CALLS.append(argv)\n    return 3\n")
+    (directory / "fake_proto.py").write_text(FAKE_BENCH)
     monkeypatch.setattr(benches, "__path__", [*benches.__path__, str(directory)])
     monkeypatch.delitem(sys.modules, "attention_proto.benches.fake_proto", raising=False)
     yield
     sys.modules.pop("attention_proto.benches.fake_proto", None)
 
 
-def test_bench_lists_finds_and_runs_a_proto(capsys, fake_bench, tmp_path):
+def test_bench_lists_protos_and_their_questions(capsys, fake_bench):
     assert "fake_proto" in cli.available_protos()
     code, out, _ = run(capsys, "bench")
-    assert code == 0 and "fake_proto" in out
-    code, _, _ = run(capsys, "bench", "fake_proto", "--quick", "--backend", "host",
-                     "--findings", str(tmp_path / "f.jsonl"), "--", "--tile", "32")
-    assert code == 3
-    calls = sys.modules["attention_proto.benches.fake_proto"].CALLS
-    assert calls == [["--quick", "--backend", "host", "--findings", str(tmp_path / "f.jsonl"),
-                      "--tile", "32"]]
+    assert code == 0 and "fake_proto: A fake bench" in out
+    assert "- biggest: How many bytes does the tile take? (any backend)" in out
 
 
-def test_bench_unknown_proto_is_a_clear_error(capsys, fake_bench):
-    code, _, err = run(capsys, "bench", "warp_drive")
-    assert code == 1
-    assert "unknown prototype 'warp_drive'" in err and "fake_proto" in err
+def test_bench_help_shows_its_own_options_and_questions(capsys, fake_bench):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "fake_proto", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: attention-proto bench fake_proto")
+    assert "--tile TILE" in out and "--quick" in out and "--samples" in out
+    assert "biggest: How many bytes" in out and "attention-proto bench fake_proto --quick --tile 16" in out
 
 
+def test_bench_options_work_without_double_dash(capsys, fake_bench, tmp_path):
+    path = tmp_path / "f.jsonl"
+    code, out, _ = run(capsys, "bench", "fake_proto", "--quick", "--tile", "32", "--backend", "host",
+                       "--findings", str(path))
+    assert code == 0
+    assert "biggest: answered" in out and "speed: not answered" in out
+    (finding,) = kb.load(path)
+    assert finding.value == 4 * 32 * 32 and finding.question == "biggest" and finding.device["backend"] == "host"
+    saved = bench.Table.from_json(tmp_path / "fake_proto" / "sizes.json")
+    assert saved.rows == [{"tile": 32, "mode": "quick", "bytes": 4096}]
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "fake_proto", "--tile", "x"])
+    assert info.value.code == 2 and "invalid int value" in capsys.readouterr().err
 def test_findings_validate_good_and_corrupt(capsys, findings_file):
     code, out, _ = run(capsys, "findings", "validate", "--findings", str(findings_file))
     assert code == 0 and "ok: 4 valid findings" in out
@@ -175,7 +227,37 @@ def test_report_defaults_next_to_the_findings(capsys, findings_file):
     assert code == 0 and (findings_file.parent / "report.md").exists()
 
 
-def test_arguments_after_double_dash_are_only_for_bench(capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(["findings", "summary", "--", "x"])
-    assert info.value.code == 2
+def help_examples(capsys, argv: list[str]) -> list[list[str]]:
+    """The example command lines in the --help of `attention-proto <argv>`."""
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--help"])
+    out = capsys.readouterr().out
+    lines = out.split("examples:", 1)[1].splitlines() if "examples:" in out else []
+    return [shlex.split(line.split("#")[0])[1:] for line in lines if line.strip().startswith("attention-proto ")]
+
+
+def test_every_example_in_every_help_runs(capsys, tmp_path, monkeypatch):
+    """Each example a --help shows runs as written (in a scratch folder, with its own findings file)."""
+    import attention_proto as ap
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(kb.ENV_PATH, str(tmp_path / "findings" / "findings.jsonl"))
+    helps = [[], ["info"], ["bench"], ["findings"], ["findings", "list"], ["findings", "show"],
+             ["findings", "validate"], ["findings", "summary"], ["report"]]
+    helps += [["bench", proto] for proto in cli.available_protos()]
+    examples = [e for argv in helps for e in help_examples(capsys, argv)]
+    assert len(examples) >= 15
+    # the bench examples first: the findings examples read what they write
+    examples.sort(key=lambda e: e[0] != "bench")
+    skipped = []
+    for example in examples:
+        if "metal" in example and "metal" not in ap.backends():
+            skipped.append(example)  # needs a Mac: checked there
+            continue
+        try:
+            code = cli.main(example)
+        except SystemExit as exit:  # --help
+            code = exit.code
+        capsys.readouterr()
+        assert code == 0, f"example failed: attention-proto {shlex.join(example)}"
+    assert len(skipped) < len(examples) / 3, skipped

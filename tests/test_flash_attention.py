@@ -1,14 +1,19 @@
 """Flash attention forward (shaders/flash_attention.metal) against the FP64 reference.
 
 Every numerics test poisons `out` and `lse_out` with NaN, hands exactly those arrays to the kernel and
-checks every element against the reference, so an element the kernel never wrote fails the test.
+checks every element against the reference, so an element the kernel never wrote fails the test. Outputs
+are package arrays (which Metal wraps in place) or plain numpy arrays (which Metal copies in and out),
+so both of Metal's paths run.
 
-Tolerances are relative Frobenius errors of the output. The reference sees the same (rounded) inputs,
-so the error comes from the kernel's own roundings: P = exp2(S - max) is rounded to the input type
-before the P V product and the output is rounded once at the end (float accumulation throughout).
-That is a few unit roundoffs u of the type: float16 u = 2^-11 = 4.9e-4 -> 2e-3; bfloat16 u = 2^-8 =
-3.9e-3 -> 2e-2; float32 (u = 6e-8, error growing with the sum length) -> 1e-5. The logsumexp comes
-from float scores of exactly representable products, so it gets an absolute 1e-4 for every dtype.
+Two bounds per output. The relative Frobenius error of the whole output: the reference sees the same
+(rounded) inputs, so the error comes from the kernel's own roundings: P = exp2(S - max) is rounded to the
+input type before the P V product and the output is rounded once at the end (float accumulation
+throughout). That is a few unit roundoffs u of the type: float16 u = 2^-11 = 4.9e-4 -> 2e-3; bfloat16
+u = 2^-8 = 3.9e-3 -> 2e-2; float32 (u = 6e-8, growing with the sum length) -> 1e-5. And an element-wise
+bound, MLX's rule max(|o - r| - atol * |r|) <= atol with a per-dtype atol, so one wrong element fails:
+outputs are convex combinations of standard-normal values (|r| mostly < 3), so 2 u of headroom per
+element is 4e-3 (float16), 3e-2 (bfloat16) and 2e-5 (float32). The logsumexp comes from float scores of
+exactly representable products, so it gets an absolute 1e-4 for every dtype.
 """
 from __future__ import annotations
 
@@ -20,12 +25,13 @@ import pytest
 
 import attention_proto as ap
 from attention_proto import _core, reference
-from attention_proto.flash_attention import (
+from attention_proto.protos.flash_attention import (
     DEFAULT_TILES, HEAD_DIMS, MAX_BLOCK_K, fitting_tiles, flash_attention_timed, pipeline_info, threadgroup_bytes,
 )
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+ATOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
 LSE_ATOL = 1e-4
 
 
@@ -39,31 +45,49 @@ def make_inputs(rng: np.random.Generator, dtype: str, batch: int, q_heads: int, 
     return q, k, v
 
 
-def poisoned(shape: tuple[int, ...], dtype: object) -> np.ndarray:
-    """A page-aligned array full of NaN (page-aligned: the Metal backend writes into it directly)."""
-    a = ap.empty(shape, dtype)
+def poisoned(shape: tuple[int, ...], dtype: object, memory: str = "package") -> np.ndarray:
+    """An array full of NaN: in package memory (Metal writes into it directly), a plain numpy array
+    (Metal copies it), or a plain array one element off its allocation's start (not 16-byte aligned)."""
+    if memory == "package":
+        a = ap.empty(shape, dtype)
+    elif memory == "plain":
+        a = np.empty(shape, dtype)
+    else:
+        a = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)
     a[...] = np.nan
     return a
 
 
+def assert_close(got: np.ndarray, expected: np.ndarray, dtype: str) -> None:
+    """The norm bound and MLX's element-wise bound (module docstring)."""
+    got64 = got.astype(np.float64)
+    err = np.linalg.norm(got64 - expected) / max(np.linalg.norm(expected), 1e-30)
+    assert err < TOLERANCE[dtype], f"relative error {err:.3g} over {TOLERANCE[dtype]} ({dtype})"
+    excess = np.abs(got64 - expected) - ATOL[dtype] * np.abs(expected)
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess[worst] <= ATOL[dtype], (f"element {worst}: got {got64[worst]:.6g}, expected {expected[worst]:.6g} "
+                                          f"(over atol {ATOL[dtype]} + atol * |expected|, {dtype})")
+
+
 def check(q: np.ndarray, k: np.ndarray, v: np.ndarray, backend: str, *, causal: bool,
-          scale: float | None = None, block_q: int | None = None, block_k: int | None = None) -> None:
+          scale: float | None = None, block_q: int | None = None, block_k: int | None = None,
+          memory: str = "package", with_lse: bool = True) -> None:
     """Runs the kernel into poisoned arrays and compares every element with the FP64 reference."""
     dtype = q.dtype.name
-    out = poisoned(q.shape, q.dtype)
-    lse = poisoned(q.shape[:3], np.float32)
-    got, got_lse = ap.flash_attention(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k,
-                                      return_lse=True, backend=backend, out=out, lse_out=lse)
+    out = poisoned(q.shape, q.dtype, memory)
+    lse = poisoned(q.shape[:3], np.float32, memory) if with_lse else None
+    result = ap.flash_attention(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k,
+                                return_lse=with_lse, backend=backend, out=out, lse_out=lse)
+    got, got_lse = result if with_lse else (result, None)
     assert got is out and got_lse is lse
     expected, expected_lse = reference.attention(q, k, v, causal=causal, scale=scale, return_lse=True)
     assert not np.isnan(out.astype(np.float32)).any(), "the kernel left output elements unwritten"
-    assert not np.isnan(lse).any(), "the kernel left logsumexp elements unwritten"
-    err = np.linalg.norm(out.astype(np.float64) - expected) / max(np.linalg.norm(expected), 1e-30)
-    assert err < TOLERANCE[dtype], f"relative error {err:.3g} over {TOLERANCE[dtype]} ({dtype})"
-    # Rows that see no key: exactly 0 and -inf (np.testing treats equal infinities as equal).
-    np.testing.assert_allclose(lse, expected_lse, rtol=0, atol=LSE_ATOL)
+    assert_close(out, expected, dtype)
     empty_rows = np.isneginf(expected_lse)
-    assert (out.astype(np.float32)[empty_rows] == 0).all()
+    assert (out.astype(np.float32)[empty_rows] == 0).all()  # rows that see no key: exactly 0
+    if with_lse:
+        assert not np.isnan(lse).any(), "the kernel left logsumexp elements unwritten"
+        np.testing.assert_allclose(lse, expected_lse, rtol=0, atol=LSE_ATOL)  # -inf where no key: equal infinities
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -74,6 +98,16 @@ def test_every_head_dim_and_dtype(backend: str, rng: np.random.Generator, head_d
     # Nq != Nk, both off the tile grid; GQA with two query heads per kv head.
     q, k, v = make_inputs(rng, dtype, 1, 2, 1, 37, 45, head_dim)
     check(q, k, v, backend, causal=causal)
+
+
+@pytest.mark.parametrize("memory", ["plain", "offset"])
+@pytest.mark.parametrize("with_lse", [True, False])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_plain_and_misaligned_outputs(backend: str, rng: np.random.Generator, dtype: str, with_lse: bool,
+                                      memory: str) -> None:
+    # Memory the package did not allocate: Metal copies it in and back; the host writes it in place.
+    q, k, v = make_inputs(rng, dtype, 1, 3, 1, 21, 50, 64)
+    check(q, k, v, backend, causal=True, memory=memory, with_lse=with_lse)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -117,34 +151,46 @@ def test_custom_scale(backend: str, rng: np.random.Generator) -> None:
     check(q, k, v, backend, causal=False, scale=0.3)
 
 
-def test_without_lse_and_inputs_untouched(backend: str, rng: np.random.Generator) -> None:
+def test_inputs_untouched(backend: str, rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "bfloat16", 1, 2, 1, 20, 30, 64)
     before = [a.copy() for a in (q, k, v)]
-    out = poisoned(q.shape, q.dtype)
-    got = ap.flash_attention(q, k, v, backend=backend, out=out)
-    assert got is out and not np.isnan(out.astype(np.float32)).any()
-    err = np.linalg.norm(out.astype(np.float64) - reference.attention(q, k, v)) / np.linalg.norm(
-        reference.attention(q, k, v))
-    assert err < TOLERANCE["bfloat16"]
+    check(q, k, v, backend, causal=False, with_lse=False)
     for a, b in zip((q, k, v), before):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
 
 
 def test_misaligned_inputs_are_copied_not_misread(backend: str, rng: np.random.Generator) -> None:
-    # A view starting 4 bytes into a buffer: the kernel reads 16-byte vectors, so the API copies it.
+    # A view starting 4 bytes into a buffer: the kernel reads 16-byte vectors, so the entry point runs it
+    # from an aligned copy, and counts the copy.
     raw = rng.standard_normal(1 + 1 * 2 * 24 * 32).astype(np.float32)
     q = raw[1:].reshape(1, 2, 24, 32)
     assert q.ctypes.data % 16 != 0
     k = rng.standard_normal((1, 2, 24, 32)).astype(np.float32)
     check(q, k, k.copy(), backend, causal=True)
+    _, _, timing = flash_attention_timed(q, ap.aligned(k), ap.aligned(k), backend=backend)
+    assert timing.buffers_copied >= 1 and timing.bytes_copied >= q.nbytes
 
 
 def test_timing(backend: str, rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "float16", 1, 2, 2, 37, 45, 64)
     out, lse, timing = flash_attention_timed(q, k, v, backend=backend)
     assert lse is None and out.shape == q.shape
-    assert timing.backend == backend and timing.seconds > 0
+    assert timing.backend == backend and timing.seconds > 0 and timing.wall_seconds > 0
     assert timing.timer == ("gpu" if backend == "metal" else "wall")
+    assert timing.repeat == 1
+    launch = timing.launches[0]
+    assert launch.function == "flash_attention_f16" and tuple(launch.grid) == (2, 2, 1)  # ceil(37 / 32) x Hq x B
+    assert launch.pipeline.key == launch.key and "BLOCK_Q=32u" in launch.key
+
+
+def test_repeat_runs_the_kernel_n_times_and_reports_per_run(backend: str, rng: np.random.Generator) -> None:
+    q, k, v = make_inputs(rng, "float32", 1, 1, 1, 16, 300, 64)
+    out = poisoned(q.shape, q.dtype)
+    _, _, timing = flash_attention_timed(q, k, v, out=out, backend=backend, repeat=4)
+    assert timing.repeat == 4 and timing.seconds > 0
+    assert_close(out, reference.attention(q, k, v), "float32")  # the same result however many runs
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        flash_attention_timed(q, k, v, backend=backend, repeat=0)
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -152,31 +198,27 @@ def test_timing(backend: str, rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("head_dim", [32, 80, 256])
-def test_threadgroup_bytes_is_what_the_kernel_is_given(backend: str, rng: np.random.Generator, head_dim: int,
-                                                       dtype: str) -> None:
+def test_threadgroup_memory_dispatched_is_the_planned_tile_buffer(backend: str, rng: np.random.Generator,
+                                                                 head_dim: int, dtype: str) -> None:
     # The kernel declares no threadgroup arrays (function constants cannot size arrays in MSL): its
-    # tiles are the [[threadgroup(0)]] buffer, dispatched with exactly threadgroup_bytes() bytes.
+    # tiles are the [[threadgroup(0)]] buffer, dispatched with exactly the planned bytes.
     block_q, block_k = DEFAULT_TILES[(head_dim, dtype)]
     q, k, v = make_inputs(rng, dtype, 1, 1, 1, 9, 9, head_dim)
-    out = poisoned(q.shape, q.dtype)
-    view = (lambda a: a.view(np.uint16)) if dtype == "bfloat16" else (lambda a: a)
-    result = _core.flash_attention(view(q), view(k), view(v), view(out), None, dtype, True, 0.125, block_q,
-                                   block_k, backend, str(ap.shader_dir()))
-    expected = threadgroup_bytes(block_q, block_k, head_dim, dtype)
-    assert result["threadgroup_memory"] == {0: expected}
+    _, _, timing = flash_attention_timed(q, k, v, causal=True, backend=backend)
+    itemsize = 4 if dtype == "float32" else 2
+    expected = (block_q + 2 * block_k) * (head_dim * itemsize + 16)
+    assert timing.launches[0].threadgroup_memory == {0: expected}
+    assert threadgroup_bytes(block_q, block_k, head_dim, dtype) == expected
     assert expected % 16 == 0  # Metal's rule for a threadgroup-memory length
-    assert _core.flash_attention_threadgroup_bytes(block_q, block_k, head_dim, dtype) == expected
-    assert not np.isnan(out.astype(np.float32)).any()
-    # Nothing beyond the dispatched buffer (host: measured by the last dispatch; Metal: the pipeline's
-    # staticThreadgroupMemoryLength).
+    # Nothing beyond the dispatched buffer (host: measured by the runs; Metal: staticThreadgroupMemoryLength).
     info = pipeline_info(head_dim, dtype, block_q=block_q, block_k=block_k, causal=True, backend=backend)
-    assert info["static_threadgroup_memory"] == 0
+    assert info.static_threadgroup_memory == 0
 
 
 def test_threadgroup_bytes_formula() -> None:
-    # (Br + 2 Bc) rows of D elements + 16 bytes: D=128 half, Br=32, Bc=16 -> 64 * 272
+    # (Br + 2 Bc) rows of D elements + 16 bytes, worked by hand: D=128 half, Br=32, Bc=16 -> 64 * 272
     assert threadgroup_bytes(32, 16, 128, np.float16) == 17408
-    assert threadgroup_bytes(8, 8, 256, "float32") == 24960
+    assert threadgroup_bytes(8, 8, 256, "float32") == 24 * 1040
     assert threadgroup_bytes(16, 8, 256, "float32") == 33280  # over 32 KB
 
 
@@ -196,13 +238,13 @@ def test_fitting_tiles() -> None:
 
 def test_tiles_over_32kb_are_rejected_before_dispatch(backend: str, rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "float32", 1, 1, 1, 8, 8, 256)
-    with pytest.raises(ValueError, match=r"33280 bytes of threadgroup memory.*32768.*\(8, 8\)"):
-        ap.flash_attention(q, k, v, block_q=16, block_k=8, backend=backend)
-    # The C++ entry point re-checks it on its own, before any dispatch: `out` stays untouched.
     out = poisoned(q.shape, q.dtype)
-    with pytest.raises(ap.ResourceLimitError, match=r"\[flash_attention\].*33280"):
-        _core.flash_attention(q, k, v, out, None, "float32", False, 0.1, 16, 8, backend, str(ap.shader_dir()))
-    assert np.isnan(out).all()
+    with pytest.raises(ap.ResourceLimitError, match=r"\[flash_attention\] .*BLOCK_Q=16u.* needs 33280 bytes of "
+                                                    r"threadgroup memory \(limit 32768"):
+        ap.flash_attention(q, k, v, block_q=16, block_k=8, backend=backend, out=out)
+    assert np.isnan(out).all()  # nothing ran
+    with pytest.raises(ValueError):  # ResourceLimitError is a ValueError: it is the caller's configuration
+        ap.flash_attention(q, k, v, block_q=16, block_k=8, backend=backend)
 
 
 def test_block_k_over_the_register_arrays_is_rejected(backend: str, rng: np.random.Generator) -> None:
@@ -210,16 +252,14 @@ def test_block_k_over_the_register_arrays_is_rejected(backend: str, rng: np.rand
     # function constants); a bigger block_k is an error, not an out-of-bounds register write.
     q, k, v = make_inputs(rng, "float16", 1, 1, 1, 8, 8, 32)
     bigger = MAX_BLOCK_K + 8
-    assert threadgroup_bytes(8, bigger, 32, "float16") <= 32768  # rejected for the registers alone
-    with pytest.raises(ValueError, match=rf"block_k must be at most {MAX_BLOCK_K}.*got {bigger}"):
+    with pytest.raises(ValueError, match=rf"\[flash_attention\] block_k must be a multiple of 8 in 8..{MAX_BLOCK_K}, "
+                                         rf"got {bigger}"):
         ap.flash_attention(q, k, v, block_q=8, block_k=bigger, backend=backend)
-    out = np.empty_like(q)
-    with pytest.raises(ValueError, match=rf"\[flash_attention\] block_k {bigger} must be a multiple of 8 in "
-                                         rf"8..{MAX_BLOCK_K}"):
-        _core.flash_attention(q, k, v, out, None, "float16", False, 0.1, 8, bigger, backend, str(ap.shader_dir()))
 
 
 # ---------------------------------------------------------------------------------------- errors
+# Validation lives once, in the C++ entry point: these go through the public API and through the raw
+# binding alike, with the same messages.
 
 
 @pytest.fixture
@@ -227,85 +267,96 @@ def qkv(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return make_inputs(rng, "float32", 1, 4, 2, 8, 8, 64)
 
 
-def test_dtype_mix(qkv: tuple[np.ndarray, ...]) -> None:
+def test_dtype_errors_are_type_errors(qkv: tuple[np.ndarray, ...]) -> None:
     q, k, v = qkv
-    with pytest.raises(TypeError, match="share one dtype.*float32, float16, float32"):
+    with pytest.raises(TypeError, match=r"\[flash_attention\] k must have the dtype of q \(float32\), got float16"):
         ap.flash_attention(q, k.astype(np.float16), v)
-    with pytest.raises(TypeError, match="float32, float16, bfloat16.*float64"):
+    with pytest.raises(TypeError, match=r"q must be float32, float16 or bfloat16, got float64"):
         ap.flash_attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
+    with pytest.raises(TypeError, match=r"\[flash_attention\] k must be a numpy array, got list"):
+        ap.flash_attention(q, k.tolist(), v)
+    with pytest.raises(TypeError, match=r"causal must be a bool"):
+        ap.flash_attention(q, k, v, causal=1)
+    with pytest.raises(TypeError, match="block_k must be an int"):
+        ap.flash_attention(q, k, v, block_k=16.0)
 
 
 def test_shape_mismatch(qkv: tuple[np.ndarray, ...]) -> None:
     q, k, v = qkv
-    with pytest.raises(ValueError, match="k and v must have the same shape"):
+    with pytest.raises(ValueError, match=r"v has shape \(1, 2, 4, 64\), expected \[B, Hkv, Nk, D\] with Nk = 8 "
+                                         r"\(from k\)"):
         ap.flash_attention(q, k, v[:, :, :4].copy())
-    with pytest.raises(ValueError, match=r"k shape .* does not match q shape"):
+    with pytest.raises(ValueError, match=r"k has shape .* with D = 32 \(from q\)"):
         ap.flash_attention(q[:, :, :, :32].copy(), k, v)
-    with pytest.raises(ValueError, match="q must have 4 dimensions"):
+    with pytest.raises(ValueError, match=r"q must have 4 dimensions \[B, Hq, Nq, D\], got shape \(4, 8, 64\)"):
         ap.flash_attention(q[0], k, v)
+    with pytest.raises(ValueError, match=r"out has shape \(1, 4, 8, 32\), expected \[B, Hq, Nq, D\] with D = 64"):
+        ap.flash_attention(q, k, v, out=np.empty((1, 4, 8, 32), np.float32))
+    with pytest.raises(ValueError, match=r"lse has shape \(1, 4, 7\), expected \[B, Hq, Nq\] with Nq = 8"):
+        ap.flash_attention(q, k, v, return_lse=True, lse_out=np.empty((1, 4, 7), np.float32))
 
 
 def test_unsupported_head_dim(rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "float32", 1, 1, 1, 8, 8, 72)
-    with pytest.raises(ValueError, match="head dim 72 .*supported: 32, 64, 80, 96, 128, 256"):
+    with pytest.raises(ValueError, match=r"head_dim 72 not supported \(supported: 32, 64, 80, 96, 128, 256\)"):
         ap.flash_attention(q, k, v)
 
 
 def test_heads_not_divisible(rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "float32", 1, 3, 2, 8, 8, 32)
-    with pytest.raises(ValueError, match=r"q heads \(3\) must be a multiple of k/v heads \(2\)"):
+    with pytest.raises(ValueError, match=r"q heads \(3\) must be a multiple of kv heads \(2\)"):
         ap.flash_attention(q, k, v)
 
 
 def test_other_bad_arguments(qkv: tuple[np.ndarray, ...]) -> None:
     q, k, v = qkv
-    with pytest.raises(ValueError, match="q must be C-contiguous"):
+    with pytest.raises(ValueError, match=r"q must be C-contiguous"):
         ap.flash_attention(np.swapaxes(q, 1, 2).copy().swapaxes(1, 2), k, v)
-    with pytest.raises(ValueError, match="block_q must be a positive multiple of 8"):
+    with pytest.raises(ValueError, match=r"q must be C-contiguous"):
+        ap.flash_attention(q[:, :, ::2], k, v)
+    with pytest.raises(ValueError, match="block_q must be a multiple of 8 in 8..256, got 12"):
         ap.flash_attention(q, k, v, block_q=12)
-    with pytest.raises(TypeError, match="block_k must be an int"):
-        ap.flash_attention(q, k, v, block_k=16.0)
-    with pytest.raises(ValueError, match="backend 'cuda' is not available here"):
+    with pytest.raises(ap.BackendUnavailableError, match="backend 'cuda'"):
+        ap.flash_attention(q, k, v, backend="cuda")
+    with pytest.raises(ValueError, match="backend 'cuda'"):  # BackendUnavailableError is a ValueError
         ap.flash_attention(q, k, v, backend="cuda")
     with pytest.raises(ValueError, match="scale must be a finite number"):
         ap.flash_attention(q, k, v, scale=math.inf)
-    with pytest.raises(ValueError, match=r"out must have shape \(1, 4, 8, 64\) and dtype float32"):
+    with pytest.raises(TypeError, match="out must have the dtype of q"):
         ap.flash_attention(q, k, v, out=np.empty((1, 4, 8, 64), np.float16))
     with pytest.raises(ValueError, match="out must not overlap k"):
         ap.flash_attention(q[:, :2].copy(), k, v, out=k)
-    with pytest.raises(TypeError, match="k must be a numpy array"):
-        ap.flash_attention(q, k.tolist(), v)
+    with pytest.raises(ValueError, match="lse_out is given but return_lse is False"):
+        ap.flash_attention(q, k, v, lse_out=np.empty((1, 4, 8), np.float32))
+    frozen = np.empty_like(q)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writable"):
+        ap.flash_attention(q, k, v, out=frozen)
 
 
-def test_cpp_entry_point_rechecks_shapes(backend: str, qkv: tuple[np.ndarray, ...]) -> None:
-    """The binding trusts nothing: each bad call is a ValueError before any memory is read."""
+def test_the_entry_point_validates_on_its_own(backend: str, qkv: tuple[np.ndarray, ...]) -> None:
+    """The binding trusts nothing from Python: each bad call is an error before any memory is read."""
     q, k, v = qkv
-    out = np.empty_like(q)
-    sd = str(ap.shader_dir())
+    out = np.full_like(q, np.nan)
+    options = {"causal": True, "scale": 0.125, "block_q": 16, "block_k": 16}
 
-    def call(q=q, k=k, v=v, out=out, lse=None, dtype="float32"):
-        _core.flash_attention(q, k, v, out, lse, dtype, True, 0.125, 16, 16, backend, sd)
+    def call(**arrays):
+        return _core.flash_attention({"q": q, "k": k, "v": v, "out": out, **arrays}, options, backend)
 
     call()  # the well-formed call works
-    cases = [
-        (dict(v=v[:, :, :4].copy()), "v shape .* must equal k shape"),
-        (dict(out=out[:, :, :4].copy()), "out shape .* must equal q shape"),
-        (dict(k=k[:, :1].repeat(3, 1), v=v[:, :1].repeat(3, 1)), r"q heads \(4\) must be a multiple of kv heads \(3\)"),
-        (dict(q=np.swapaxes(q, 2, 3)), "q must be C-contiguous"),
-        (dict(q=q[:, :, ::2]), "q must be C-contiguous"),
-        (dict(lse=np.empty((1, 4, 7), np.float32)), r"lse shape \(1, 4, 7\) must be"),
-        (dict(dtype="float16"), "q must hold float16 elements"),
-        (dict(q=q[:, :, :, :36].copy(), k=k[..., :36].copy(), v=v[..., :36].copy(), out=out[..., :36].copy()),
-         "head_dim 36 not supported"),
-        (dict(dtype="float64"), "dtype 'float64' not supported"),
-    ]
-    for kwargs, message in cases:
-        with pytest.raises(ValueError, match=r"\[flash_attention\] " + message):
-            call(**kwargs)
-    with pytest.raises(TypeError):  # a read-only output: nanobind refuses it as a writable array
-        ro = np.empty_like(q)
-        ro.flags.writeable = False
-        call(out=ro)
+    assert not np.isnan(out).any()
+    with pytest.raises(TypeError, match=r"\[flash_attention\] missing array argument 'out'"):
+        _core.flash_attention({"q": q, "k": k, "v": v}, options, backend)
+    with pytest.raises(TypeError, match=r"\[flash_attention\] option 'block_q' is required"):
+        _core.flash_attention({"q": q, "k": k, "v": v, "out": out}, {**options, "block_q": None}, backend)
+    with pytest.raises(TypeError, match=r"unknown option 'tiles'"):
+        _core.flash_attention({"q": q, "k": k, "v": v, "out": out}, {**options, "tiles": 3}, backend)
+    with pytest.raises(ValueError, match=r"q heads \(4\) must be a multiple of kv heads \(3\)"):
+        call(k=k[:, :1].repeat(3, 1), v=v[:, :1].repeat(3, 1))
+    with pytest.raises(ValueError, match="q must be C-contiguous"):
+        call(q=np.swapaxes(q, 2, 3))
+    with pytest.raises(ValueError, match=r"head_dim 36 not supported"):
+        call(q=q[..., :36].copy(), k=k[..., :36].copy(), v=v[..., :36].copy(), out=out[..., :36].copy())
 
 
 # ---------------------------------------------------------------------------------------- bench
@@ -320,7 +371,7 @@ def test_bench_smoke(host_only: str, tmp_path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bench, "run_peers", lambda *args, **kwargs: {"torch": peer})  # no MLX/torch here
     findings = tmp_path / "findings.jsonl"
     common = ["--backend", host_only, "--findings", str(findings), "--head-dims", "32", "--dtypes", "float16",
-              "--seq", "24", "--heads", "1", "--repeat", "1"]
+              "--seq", "24", "--heads", "1", "--samples", "1"]
     assert fa_bench.main(common) == 0
     assert fa_bench.main(common + ["--quick"]) == 0
     out = tmp_path / "flash_attention"
@@ -335,6 +386,7 @@ def test_bench_smoke(host_only: str, tmp_path, monkeypatch: pytest.MonkeyPatch) 
         if f.kind == "performance":
             assert f.claim.startswith("CPU result"), f.claim
     default = [f for f in loaded if f.metric == "default_tile_tflops"]
-    assert len(default) == 1 and "torch 2.5 ms (torch cpu)" in default[0].claim
+    assert len(default) == 1 and "torch 2.5 ms wall (torch cpu)" in default[0].claim
+    assert {f.question for f in loaded} == {"best_tile", "default_tile", "error", "tiles_fit"}
     assert fa_bench.main(common + ["--quick"]) == 0  # a re-run replaces its findings
     assert len(kb.load(findings)) == len(loaded)

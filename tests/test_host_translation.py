@@ -184,8 +184,8 @@ def test_max_total_threads_attribute_is_honoured(host_only: str) -> None:
         [[max_total_threads_per_threadgroup(64)]]
         kernel void small(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) { out[i] = 1.0f; }
         """, "small")
-    assert k.info(host_only)["max_total_threads_per_threadgroup"] == 64
-    with pytest.raises(ap.ResourceLimitError, match="128 threads per threadgroup exceeds the limit of 64"):
+    assert k.info(host_only).max_total_threads_per_threadgroup == 64
+    with pytest.raises(ap.ResourceLimitError, match="128 threads per threadgroup exceeds the pipeline.s limit of 64"):
         k(np.zeros(128, np.float32), grid=1, threadgroup=128, backend=host_only)
 
 

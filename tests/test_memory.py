@@ -1,6 +1,8 @@
 """attention_proto.memory: page-aligned arrays the Metal backend wraps without copying."""
 from __future__ import annotations
 
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -80,3 +82,31 @@ def test_is_page_aligned_rejects_offset_and_strided_views():
     a = memory.zeros(10000, np.float32)
     assert not memory.is_page_aligned(a[1:])
     assert not memory.is_page_aligned(a.reshape(100, 100)[:, ::2])
+
+
+def test_package_memory_is_known_to_the_core():
+    a = memory.empty((33, 100), np.float16)
+    assert memory.in_package_memory(a) and memory.in_package_memory(a[3:7])
+    assert not memory.in_package_memory(np.zeros((33, 100), np.float16))  # malloc'd by numpy
+    copy = memory.aligned(np.arange(10.0))
+    assert memory.in_package_memory(copy) and memory.is_page_aligned(copy)
+    assert memory.aligned(copy) is copy
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident size from /proc (Linux)")
+def test_regions_are_unmapped_when_the_last_view_goes():
+    def resident_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    before = resident_mb()
+    for _ in range(100):
+        a = memory.empty((8, 1024, 1024), np.uint8)  # 8 MB, touched
+        a[...] = 1
+        view = a[2:]
+        del a
+        assert view[0, 0, 0] == 1  # the view keeps the region alive
+        del view
+    assert resident_mb() - before < 200, "800 MB of regions were not unmapped"
