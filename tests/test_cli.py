@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
-import textwrap
 import types
 
 import pytest
@@ -100,43 +98,6 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("attention-proto ")
-
-
-FAKE_BENCH = textwrap.dedent("""
-    from attention_proto import kb
-    from attention_proto.benchspec import BenchSpec, Question, TableSpec, run_bench
-
-    def options(p):
-        p.add_argument("--tile", type=int, default=8, help="the tile to try (a fake option)")
-
-    def findings(ctx, tables):
-        row = tables["sizes"].rows[-1]
-        return [ctx.finding("biggest", "memory", "tile", row["bytes"], "B", {"tile": ctx.args.tile},
-                            f"a tile of {ctx.args.tile} takes {row['bytes']} bytes", {"table": ctx.table_path("sizes")})]
-
-    SPEC = BenchSpec(
-        proto="fake_proto", description="A fake bench: tile sizes.",
-        questions=(Question("biggest", "How many bytes does the tile take?", ("memory",), False),
-                   Question("speed", "How fast is it?", ("performance",), True)),
-        tables=(TableSpec("sizes", "tile bytes", lambda ctx: [{"tile": ctx.args.tile, "mode": ctx.mode}],
-                          lambda ctx, c: {"bytes": 4 * c["tile"] ** 2}, timed=False),),
-        findings=findings, options=options, examples=("--quick --tile 16",))
-
-    def main(argv):
-        return run_bench(SPEC, argv)
-""")
-
-
-@pytest.fixture
-def fake_bench(tmp_path, monkeypatch):
-    """A bench module ``fake_proto`` with a SPEC on the benches package path."""
-    directory = tmp_path / "benches_extra"
-    directory.mkdir()
-    (directory / "fake_proto.py").write_text(FAKE_BENCH)
-    monkeypatch.setattr(benches, "__path__", [*benches.__path__, str(directory)])
-    monkeypatch.delitem(sys.modules, "attention_proto.benches.fake_proto", raising=False)
-    yield
-    sys.modules.pop("attention_proto.benches.fake_proto", None)
 
 
 def test_bench_lists_protos_and_their_questions(capsys, fake_bench):

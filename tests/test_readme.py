@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+if not README.is_file():  # the suite as installed with the package (attention-proto lab) has no README
+    pytest.skip("no README next to this test suite", allow_module_level=True)
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 

@@ -418,6 +418,14 @@ class Progress:
             self.stream.write(self._line(note) + "\n")
             self.stream.flush()
 
+    def write(self, line: str) -> None:
+        """Prints a line above the bar (on a terminal the bar is redrawn below it)."""
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + "\n" + self._line(""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         """Ends the bar (a final newline on a terminal)."""
         if self.tty:
@@ -444,16 +452,19 @@ class Sweep:
         desc: str = "sweep",
         meta: Mapping[str, Any] | None = None,
         stream: TextIO | None = None,
+        progress: Progress | None = None,
     ):
         self.configs = [dict(c) for c in configs]
         self.fn = fn
         self.desc = desc
         self.meta = dict(meta or {})
         self.stream = stream
+        self.progress = progress
 
     def run(self) -> Table:
-        """Runs every config and returns the rows as a :class:`Table` titled ``desc``."""
-        progress = Progress(len(self.configs), self.desc, self.stream)
+        """Runs every config and returns the rows as a :class:`Table` titled ``desc``. With a
+        ``progress`` given (a larger run's bar) it advances that one instead of drawing its own."""
+        progress = self.progress or Progress(len(self.configs), self.desc, self.stream)
         rows = []
         try:
             for config in self.configs:
@@ -465,7 +476,8 @@ class Sweep:
                 rows.append(row)
                 progress.update(note=_describe(config))
         finally:
-            progress.close()
+            if self.progress is None:
+                progress.close()
         return Table(rows, title=self.desc, meta=self.meta)
 
 

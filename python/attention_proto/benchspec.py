@@ -232,8 +232,7 @@ def parser(spec: BenchSpec) -> argparse.ArgumentParser:
     return p
 
 
-def run_bench(spec: BenchSpec, argv: Sequence[str] | None) -> int:
-    """Runs a bench from its command line; returns the exit status (1 when a configuration failed)."""
+def _parse(spec: BenchSpec, argv: Sequence[str] | None) -> argparse.Namespace:
     import attention_proto as ap
 
     args = parser(spec).parse_args(list(argv) if argv is not None else None)
@@ -247,6 +246,20 @@ def run_bench(spec: BenchSpec, argv: Sequence[str] | None) -> int:
             raise SystemExit(f"attention-proto bench {spec.proto}: --{name} must be >= 1")
     args.findings = args.findings or kb.default_path()
     args.out = args.out or args.findings.parent / spec.proto
+    return args
+
+
+def count_configs(spec: BenchSpec, argv: Sequence[str] | None) -> int:
+    """How many configurations the bench will measure with these options (derived tables aside): what
+    a larger run's progress bar counts."""
+    ctx = Context(spec, _parse(spec, argv))
+    return sum(len(list(t.configs(ctx))) for t in spec.tables if t.measure is not None)
+
+
+def run_bench(spec: BenchSpec, argv: Sequence[str] | None, progress: bench.Progress | None = None) -> int:
+    """Runs a bench from its command line; returns the exit status (1 when a configuration failed).
+    ``progress``: a larger run's bar to advance per configuration instead of one bar per table."""
+    args = _parse(spec, argv)
     ctx = Context(spec, args)
     print(f"{spec.proto} bench ({ctx.mode}) on {kb.device_label(ctx.device)}")
     print(f"peak: {ctx.peaks.source}")
@@ -265,7 +278,8 @@ def run_bench(spec: BenchSpec, argv: Sequence[str] | None) -> int:
             table = bench.Table(configs, title=t.title, meta=meta)
         else:
             measure = t.measure
-            table = bench.Sweep(configs, lambda c, m=measure: m(ctx, c), desc=t.title, meta=meta).run()
+            table = bench.Sweep(configs, lambda c, m=measure: m(ctx, c), desc=t.title, meta=meta,
+                                progress=progress).run()
         tables[t.name] = ctx.tables[t.name] = table
         table.print()
         print()

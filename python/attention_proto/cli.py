@@ -99,6 +99,13 @@ def bench_spec(proto: str) -> Any:
     return spec
 
 
+def lab_main(args: argparse.Namespace) -> int:
+    """Runs `attention-proto lab` (attention_proto.lab.run)."""
+    from attention_proto import lab
+
+    return lab.run(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Without a prototype: lists the benches and the questions each answers."""
     for proto in available_protos():
@@ -336,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attention-proto", formatter_class=_formatter,
         description=_wrap("Attention-kernel prototypes for Apple-Silicon GPUs: device info, benches, "
                           "knowledge-base findings and reports.\nNote: " + _HOST_NOTE + "."),
-        epilog=_examples("info", "bench flash_attention --quick --head-dims 64 --seq 64", "findings summary",
+        epilog=_examples("lab --quick --only flash_attention --numerics none", "info",
+                         "bench flash_attention --quick --head-dims 64 --seq 64", "findings summary",
                          "report --out report.md"),
     )
     parser.add_argument("--version", action="version", version=f"attention-proto {_version()}")
@@ -362,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
         "lists them. Without PROTO, list the benches and the questions they answer.",
         ["bench", "bench flash_attention --help", "bench flash_attention --quick --head-dims 64 --seq 64"],
         cmd_bench)
+
+    lab = _command(
+        sub, "lab", "build the whole knowledge base on one device",
+        "Run everything on one backend: a smoke check of the device, the numerics checks (the test suite's "
+        "backend-parametrised tests), every prototype's bench, then validate the findings, say per prototype "
+        "which questions are answered on this device, and write report.md and findings.jsonl under --out. "
+        "Resumable: a bench whose findings for this device and version exist is skipped unless --force. "
+        "On the host backend every timing is a CPU number; questions that need an Apple GPU are answered on "
+        "a Mac.",
+        ["lab --quick --only flash_attention --numerics none", "lab --quick", "lab --backend metal"], lab_main)
+    lab.add_argument("--quick", action="store_true", help="each bench's quick form (minutes on the host backend)")
+    lab.add_argument("--backend", metavar="NAME", help="backend to run on (default: the best available)")
+    lab.add_argument("--only", nargs="+", metavar="PROTO", help="only these prototypes' benches")
+    lab.add_argument("--out", type=Path, metavar="DIR",
+                     help="folder for findings, tables, plots, logs and report.md (default: lab/<backend>[-quick])")
+    lab.add_argument("--force", action="store_true", help="run benches whose findings already exist again")
+    lab.add_argument("--numerics", default="all", metavar="EXPR",
+                     help="which numerics checks: 'all' (default), 'none', or a pytest -k expression")
 
     fnd = _command(
         sub, "findings", "list, show, validate or summarise findings",

@@ -1,10 +1,10 @@
 """Bench of prototype 1, flash attention forward: tiles, TFLOP/s against the peak and peers, error
 against FP64, threadgroup memory per tile.
 
-``--quick``: a small tile sweep (D 64 and 128, float16, tiles from {16, 32, 64}); default: the default
-tiles of every head dim and dtype, with MLX / PyTorch SDPA side by side (wall clock against wall clock)
-when installed; ``--sweep``: every (block_q, block_k) from BLOCK_SIZES that fits, per head dim and dtype,
-with a heatmap each. On the host backend every time is the CPU time of the emulation.
+``--quick``: a small tile sweep (D 64 and 128, float16, tiles from {16, 32, 64}) and their default
+tiles; default: the default tiles of every head dim and dtype, with MLX / PyTorch SDPA side by side (wall
+clock against wall clock) when installed; ``--sweep``: every (block_q, block_k) from BLOCK_SIZES that
+fits, per head dim and dtype, with a heatmap each. On the host backend every time is the CPU time of the emulation.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def tile_configs(ctx: Context) -> list[Row]:
 
 def baseline_configs(ctx: Context) -> list[Row]:
     dims, dtypes = grid(ctx)
-    return [] if ctx.mode != "default" else [
+    return [] if ctx.mode == "sweep" else [
         {"D": d, "dtype": t, "block_q": DEFAULT_TILES[(d, t)][0], "block_k": DEFAULT_TILES[(d, t)][1], "peers": True}
         for d in dims for t in dtypes]
 
