@@ -6,120 +6,12 @@
 #include <set>
 #include <vector>
 
+#include "host/preprocess.hpp"
 #include "runtime/errors.hpp"
 
 namespace aproto::host {
 
 namespace {
-
-// ---------------------------------------------------------------------------------------- lexer
-enum class Kind { Space, Ident, Number, String, Punct, Directive };
-
-struct Token {
-  Kind kind;
-  std::string text;  // as written; every structural check reads this
-  std::string file;  // logical position (after #line), for messages
-  int line;
-  std::string out;        // what the translation emits for this token
-  bool consumed = false;  // part of a span a rewrite already replaced
-};
-
-std::vector<Token> lex(const std::string& src, const std::string& default_file) {
-  std::vector<Token> out;
-  std::string file = default_file;
-  int line = 1;
-  size_t i = 0, n = src.size();
-  bool line_start = true;
-  auto push = [&](Kind k, size_t from, size_t to) { out.push_back({k, src.substr(from, to - from), file, line}); };
-  while (i < n) {
-    char c = src[i];
-    size_t start = i;
-    if (c == '\n') {
-      i++;
-      push(Kind::Space, start, i);
-      line++;
-      line_start = true;
-      continue;
-    }
-    if (std::isspace((unsigned char)c)) {
-      while (i < n && src[i] != '\n' && std::isspace((unsigned char)src[i])) i++;
-      push(Kind::Space, start, i);
-      continue;
-    }
-    if (c == '/' && i + 1 < n && src[i + 1] == '/') {  // comment -> spaces
-      while (i < n && src[i] != '\n') i++;
-      out.push_back({Kind::Space, " ", file, line});
-      continue;
-    }
-    if (c == '/' && i + 1 < n && src[i + 1] == '*') {
-      size_t end = src.find("*/", i + 2);
-      end = end == std::string::npos ? n : end + 2;
-      std::string keep;  // keep the newlines so line numbers survive
-      for (size_t k = i; k < end; k++)
-        if (src[k] == '\n') keep += '\n';
-      out.push_back({Kind::Space, keep.empty() ? " " : keep, file, line});
-      for (char k : keep) line += (k == '\n');
-      i = end;
-      if (!keep.empty()) line_start = true;
-      continue;
-    }
-    if (c == '#' && line_start) {  // a whole preprocessor line, with continuations
-      while (i < n && src[i] != '\n') {
-        if (src[i] == '\\' && i + 1 < n && src[i + 1] == '\n') { i += 2; line++; continue; }
-        i++;
-      }
-      std::string text = src.substr(start, i - start);
-      push(Kind::Directive, start, i);
-      // "#line N "file"": the line after it is line N of that file
-      size_t p = text.find_first_not_of(" \t", 1);
-      if (p != std::string::npos && text.compare(p, 4, "line") == 0) {
-        int next = std::atoi(text.c_str() + p + 4);
-        size_t q1 = text.find('"'), q2 = text.rfind('"');
-        if (q1 != std::string::npos && q2 > q1) file = text.substr(q1 + 1, q2 - q1 - 1);
-        if (i < n) {  // consume the newline under the new numbering
-          out.push_back({Kind::Space, "\n", file, next - 1});
-          i++;
-        }
-        line = next;
-        line_start = true;
-      }
-      continue;
-    }
-    line_start = false;
-    if (std::isalpha((unsigned char)c) || c == '_') {
-      while (i < n && (std::isalnum((unsigned char)src[i]) || src[i] == '_')) i++;
-      push(Kind::Ident, start, i);
-      continue;
-    }
-    if (std::isdigit((unsigned char)c) || (c == '.' && i + 1 < n && std::isdigit((unsigned char)src[i + 1]))) {
-      while (i < n) {  // pp-number: digits, letters, '.', and a sign right after an exponent letter
-        char d = src[i];
-        char prev = src[i - 1];
-        bool exponent_sign = (d == '+' || d == '-') && (prev == 'e' || prev == 'E' || prev == 'p' || prev == 'P');
-        if (exponent_sign || std::isalnum((unsigned char)d) || d == '.' || d == '_' || d == '\'') { i++; continue; }
-        break;
-      }
-      push(Kind::Number, start, i);
-      continue;
-    }
-    if (c == '"' || c == '\'') {
-      i++;
-      while (i < n && src[i] != c) i += (src[i] == '\\') ? 2 : 1;
-      i = std::min(n, i + 1);
-      push(Kind::String, start, i);
-      continue;
-    }
-    if ((c == ':' && i + 1 < n && src[i + 1] == ':') || (c == '-' && i + 1 < n && src[i + 1] == '>')) {
-      i += 2;
-      push(Kind::Punct, start, i);
-      continue;
-    }
-    i++;
-    push(Kind::Punct, start, i);
-  }
-  for (Token& t : out) t.out = t.text;
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------- helpers
 const std::set<std::string>& vector_types() {
@@ -174,31 +66,52 @@ const std::set<std::string>& dropped_qualifiers() {
                                           "ray_data", "object_data", "kernel"};
   return s;
 }
+// Address spaces a member function can be qualified by (`complex_t() threadgroup`): MSL overloads on
+// them, the host has one address space.
+bool is_address_space(const std::string& w) {
+  return w == "thread" || w == "threadgroup" || w == "device" || w == "constant" || w == "threadgroup_imageblock" ||
+         w == "ray_data" || w == "object_data";
+}
 
-struct KernelParam {
-  std::string type;  // C++ type text (address spaces removed)
-  std::string name;
-  std::string attr;  // buffer, threadgroup, a position attribute
-  std::string arg;   // the attribute's argument, e.g. "0"
-  int line = 0;
+// A kernel function definition: `kernel void f(...) {...}`, `[[kernel]] void f(...) {...}`, or a
+// template of one (`template <typename T> kernel void f(...) {...}`).
+struct KernelDef {
+  std::string name;       // the C++ name
+  std::string published;  // [[host_name("...")]], else the name; empty for a template
+  size_t start = 0;       // sig positions: first token (template, attributes), ( ), { }
+  size_t params_open = 0, params_close = 0, body_open = 0, body_close = 0;
+  bool is_template = false;
+  std::vector<std::string> template_params;  // names, "" for an unnamed one
+  unsigned long max_threads = 0;             // [[max_total_threads_per_threadgroup(n)]], 0 if absent
+};
+
+// An instance published by name: `template [[host_name("n")]] [[kernel]] decltype(f<A>) f<A>;`,
+// `template [[host_name("n")]] kernel f_t f<A>;` or `template [[host_name("n")]] kernel void f<A>(...);`.
+struct Instance {
+  std::string published, name;
+  size_t start = 0, end = 0;             // the statement, `template` to `;`
+  size_t args_open = 0, args_close = 0;  // the < > of f<A>
 };
 
 class Translator {
  public:
   Translator(const std::string& source, const std::string& function, const Constants& constants,
              const std::string& name)
-      : t_(lex(source, name)), function_(function), constants_(constants), name_(name) {
+      : t_(preprocess(lex(source, name))), function_(function), constants_(constants), name_(name) {
     for (size_t i = 0; i < t_.size(); i++)
       if (t_[i].kind != Kind::Space && t_[i].kind != Kind::Directive) sig_.push_back(i);
+    discover();
   }
 
   std::string run() {
-    find_kernels();
+    select_target();
     parse_kernel_params();
     rewrite_function_constants();
-    // The other kernels of the file are never called from this one: leaving them out halves the
-    // compile time of a file with a kernel per dtype.
-    for (auto [from, to] : other_kernels_) blank(from, to, "");
+    // The other kernels of the file are never called from this one: their bodies go (their
+    // declarations stay, for `decltype(f<T>)` typedefs), and so do the other instances. That
+    // halves the compile time of a file with a kernel per dtype.
+    for (const auto& [from, to] : unused_) blank(from, to, sm(from).text == "{" ? ";" : "");
+    rewrite_address_space_members();
     rewrite_threadgroup_declarations();
     drop_attributes();
     rewrite_qualifiers_and_conversions();
@@ -207,19 +120,34 @@ class Translator {
     return out + entry_point();
   }
 
+  std::vector<KernelParameter> parameters() {
+    select_target();
+    parse_kernel_params();
+    return params_;
+  }
+
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& [pos, published] : published_) out.push_back(published);
+    return out;
+  }
+
  private:
   std::vector<Token> t_;
   std::vector<size_t> sig_;  // indices of significant tokens
   std::string function_;
   const Constants& constants_;
   std::string name_;
-  std::vector<KernelParam> params_;
-  std::vector<std::pair<size_t, size_t>> other_kernel_bodies_;  // sig ranges of their { ... }
-  std::vector<std::pair<size_t, size_t>> other_kernels_;        // sig ranges, from `kernel` to '}' 
-  std::vector<std::string> kernel_names_;
-  size_t params_open_ = 0, params_close_ = 0;  // sig positions of the target's ( )
+  std::vector<KernelDef> defs_;
+  std::vector<Instance> instances_;
+  std::vector<std::pair<size_t, std::string>> published_;  // (sig position, name), in source order
+  const KernelDef* target_ = nullptr;
+  const Instance* instance_ = nullptr;  // the target's instance, for a template
+  std::string call_;                                  // `f` or `f<A...>`: how the entry point calls it
+  std::map<std::string, std::string> template_args_;  // template parameter -> argument text
+  std::vector<KernelParameter> params_;
+  std::vector<std::pair<size_t, size_t>> unused_;  // sig ranges of other kernels' bodies and instances
   uint32_t threadgroup_sites_ = 0;
-  unsigned long max_threads_ = 0;  // [[max_total_threads_per_threadgroup(n)]], 0 if absent
 
   const Token& s(size_t k) const { return t_[sig_[k]]; }
   Token& sm(size_t k) { return t_[sig_[k]]; }
@@ -275,44 +203,172 @@ class Translator {
     }
     return false;
   }
+  // The `<` matching the `>` at sig position k, or k itself when there is none.
+  size_t match_back_angle(size_t k) const {
+    int depth = 0;
+    for (size_t j = k + 1; j-- > 0;) {
+      if (is(j, ">")) depth++;
+      else if (is(j, "<") && --depth == 0) return j;
+      else if (is(j, ";") || is(j, "{") || is(j, "}")) break;
+    }
+    return k;
+  }
 
-  // kernel void NAME ( ... ) { ... }   or   [[kernel]] void NAME ( ... ) { ... }
-  void find_kernels() {
-    bool found = false;
+  // The string of `host_name("...")` in the attribute lists [from, to), adjacent literals joined.
+  std::string host_name_in(size_t from, size_t to) const {
+    for (size_t j = from; j + 1 < to; j++) {
+      if (s(j).text != "host_name" || !is(j + 1, "(")) continue;
+      std::string name;
+      for (size_t q = j + 2; q < to && s(q).kind == Kind::String; q++) name += s(q).text.substr(1, s(q).text.size() - 2);
+      if (name.empty()) error(j, "host_name needs a string literal");
+      return name;
+    }
+    return "";
+  }
+
+  // Every kernel, kernel template and published instance of the source.
+  void discover() {
     for (size_t k = 0; k + 2 < sig_.size(); k++) {
-      bool kw = s(k).text == "kernel" && s(k).kind == Kind::Ident;
-      bool attr = s(k).text == "kernel" && k >= 2 && is(k - 1, "[") && is(k - 2, "[") && is(k + 1, "]");
+      const bool kw = s(k).text == "kernel" && s(k).kind == Kind::Ident && !(k > 0 && is(k - 1, "["));
+      const bool attr = s(k).text == "kernel" && k >= 2 && is(k - 1, "[") && is(k - 2, "[") && is(k + 1, "]");
       if (!kw && !attr) continue;
-      size_t v = attr ? k + 3 : k + 1;
-      if (!is(v, "void") || v + 2 >= sig_.size() || s(v + 1).kind != Kind::Ident || !is(v + 2, "(")) continue;
-      size_t close = match(v + 2);
-      size_t body = close + 1;
-      while (body < sig_.size() && !is(body, "{") && !is(body, ";")) body++;
-      if (!is(body, "{")) continue;
-      kernel_names_.push_back(s(v + 1).text);
-      if (s(v + 1).text == function_) {
-        found = true;
-        params_open_ = v + 2;
-        params_close_ = close;
-        // [[max_total_threads_per_threadgroup(n)]] before the function
-        size_t end = attr ? k - 2 : k, start;
-        while (end > 0 && attribute_before(end - 1, start)) {
-          for (size_t j = start + 2; j + 2 < end - 1; j++)
-            if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "("))
-              max_threads_ = std::strtoul(s(j + 2).text.c_str(), nullptr, 0);
-          end = start;
+      // back over attribute lists and `template` / `template <...>`
+      size_t start = attr ? k - 2 : k, a;
+      while (start > 0 && attribute_before(start - 1, a)) start = a;
+      size_t attrs_from = start;
+      bool templ = false, instance = false;
+      if (start > 0 && is(start - 1, "template")) {
+        instance = true;
+        start--;
+      } else if (start > 0 && is(start - 1, ">")) {
+        size_t open = match_back_angle(start - 1);
+        if (open > 0 && open != start - 1 && is(open - 1, "template")) {
+          templ = true;
+          start = open - 1;
         }
-      } else {
-        other_kernel_bodies_.push_back({body, match(body)});
-        other_kernels_.push_back({attr ? k - 2 : k, match(body)});
+      }
+      size_t after = attr ? k + 3 : k + 1;
+      if (instance) {
+        add_instance(start, attrs_from, after);
+        continue;
+      }
+      if (!is(after, "void") || s(after + 1).kind != Kind::Ident || !is(after + 2, "(")) continue;
+      KernelDef d;
+      d.name = s(after + 1).text;
+      d.start = start;
+      d.params_open = after + 2;
+      d.params_close = match(after + 2);
+      size_t body = d.params_close + 1;
+      while (body < sig_.size() && !is(body, "{") && !is(body, ";")) body++;
+      if (!is(body, "{")) continue;  // a declaration
+      d.body_open = body;
+      d.body_close = match(body);
+      d.is_template = templ;
+      if (templ) d.template_params = template_parameters(start + 1);
+      for (size_t j = attrs_from; j + 2 < (attr ? k - 2 : k); j++)
+        if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "("))
+          d.max_threads = std::strtoul(s(j + 2).text.c_str(), nullptr, 0);
+      if (!templ) {
+        std::string host = host_name_in(attrs_from, k);
+        d.published = host.empty() ? d.name : host;
+        published_.push_back({start, d.published});
+      }
+      defs_.push_back(d);
+      k = d.body_close;
+    }
+  }
+
+  // template [[host_name("n")]] kernel ... f<A> ... ;   (`after` is just past the kernel marker)
+  void add_instance(size_t start, size_t attrs_from, size_t after) {
+    Instance in;
+    in.start = start;
+    in.end = statement_end(after);
+    in.published = host_name_in(attrs_from, after);
+    // the template-id f<A> at parenthesis depth 0 that is followed by `;` or `(`
+    int depth = 0;
+    for (size_t j = after; j < in.end; j++) {
+      if (is(j, "(")) depth++;
+      else if (is(j, ")")) depth--;
+      else if (depth == 0 && is(j, ">") && (is(j + 1, ";") || is(j + 1, "("))) {
+        size_t open = match_back_angle(j);
+        if (open == j || open == 0 || s(open - 1).kind != Kind::Ident) continue;
+        in.name = s(open - 1).text;
+        in.args_open = open;
+        in.args_close = j;
       }
     }
-    if (!found) {
-      std::string names;
-      for (const auto& k : kernel_names_) names += (names.empty() ? "" : ", ") + k;
-      throw CompileError(name_ + ": error: kernel function '" + function_ + "' not found" +
-                         (names.empty() ? " (the source declares no kernel)" : " (kernels here: " + names + ")"));
+    if (in.name.empty()) error(start, "cannot read this kernel instantiation (expected `... f<T...>;`)");
+    instances_.push_back(in);
+    if (!in.published.empty()) published_.push_back({start, in.published});
+  }
+
+  // Names of the parameters of `template < ... >` with `<` at sig position open.
+  std::vector<std::string> template_parameters(size_t open) const {
+    std::vector<std::string> names;
+    size_t close = match(open), from = open + 1;
+    int depth = 0;
+    for (size_t j = open + 1; j <= close; j++) {
+      if (j < close && (is(j, "<") || is(j, "(") || is(j, "["))) depth++;
+      else if (j < close && (is(j, ">") || is(j, ")") || is(j, "]"))) depth--;
+      if (j < close && !(depth == 0 && is(j, ","))) continue;
+      size_t end = from;
+      while (end < j && !is(end, "=")) end++;
+      std::string name;
+      if (end > from && s(end - 1).kind == Kind::Ident && end - 1 > from) name = s(end - 1).text;
+      if (name == "typename" || name == "class") name.clear();
+      names.push_back(name);
+      from = j + 1;
     }
+    return names;
+  }
+
+  // Finds the kernel `function_` names (a published name, or a plain kernel's C++ name).
+  void select_target() {
+    if (target_) return;
+    for (const auto& d : defs_)
+      if (!d.is_template && d.published == function_) target_ = &d;
+    for (const auto& in : instances_) {
+      if (target_ || in.published != function_) continue;
+      for (const auto& d : defs_)
+        if (d.is_template && d.name == in.name && d.start < in.start) target_ = &d;
+      if (!target_) error(in.start, "'" + function_ + "' instantiates '" + in.name + "', which is no kernel template defined before it");
+      instance_ = &in;
+    }
+    if (!target_) {
+      std::string names;
+      for (const auto& [pos, n] : published_) names += (names.empty() ? "" : ", ") + n;
+      std::string why = names.empty() ? " (the source declares no kernel)" : " (kernels here: " + names + ")";
+      for (const auto& d : defs_)
+        if (d.is_template && d.name == function_)
+          why = ": it is a kernel template; name one of its instances published with [[host_name(\"...\")]]" +
+                (names.empty() ? std::string() : " (kernels here: " + names + ")");
+      throw CompileError(name_ + ": error: kernel function '" + function_ + "' not found" + why);
+    }
+    call_ = target_->name;
+    if (instance_) call_ += "<" + type_text(instance_->args_open + 1, instance_->args_close) + ">";
+    if (instance_) {  // template parameter -> argument, for the parameters' type texts
+      auto args = split_top_level(instance_->args_open + 1, instance_->args_close);
+      for (size_t i = 0; i < args.size() && i < target_->template_params.size(); i++)
+        if (!target_->template_params[i].empty())
+          template_args_[target_->template_params[i]] = type_text(args[i].first, args[i].second);
+    }
+    for (const auto& d : defs_)
+      if (&d != target_) unused_.push_back({d.body_open, d.body_close});
+    for (const auto& in : instances_) unused_.push_back({in.start, in.end});
+  }
+
+  // [from, to) split at commas outside brackets (<> included).
+  std::vector<std::pair<size_t, size_t>> split_top_level(size_t from, size_t to) const {
+    std::vector<std::pair<size_t, size_t>> parts;
+    int depth = 0;
+    size_t begin = from;
+    for (size_t j = from; j < to; j++) {
+      if (is(j, "(") || is(j, "[") || is(j, "<") || is(j, "{")) depth++;
+      else if (is(j, ")") || is(j, "]") || is(j, ">") || is(j, "}")) depth--;
+      else if (depth == 0 && is(j, ",")) { parts.push_back({begin, j}); begin = j + 1; }
+    }
+    if (to > begin) parts.push_back({begin, to});
+    return parts;
   }
 
   std::string type_text(size_t from, size_t to) const {  // sig range [from, to)
@@ -321,6 +377,7 @@ class Translator {
       const std::string& w = s(k).text;
       if (dropped_qualifiers().count(w)) continue;
       std::string piece = w == "constant" ? "const" : w;
+      if (auto a = template_args_.find(piece); a != template_args_.end() && s(k).kind == Kind::Ident) piece = a->second;
       if (piece == "const" && out.size() >= 6 && out.compare(out.size() - 6, 6, "const ") == 0) continue;
       bool glue = piece == "*" || piece == "&" || piece == "," || piece == ">" || piece == "::" ||
                   (!out.empty() && (out.back() == '<' || out.back() == ':'));
@@ -332,19 +389,11 @@ class Translator {
   }
 
   void parse_kernel_params() {
-    size_t k = params_open_ + 1;
-    while (k < params_close_) {
-      size_t end = k;
-      int depth = 0;
-      while (end < params_close_) {
-        const std::string& w = s(end).text;
-        if (w == "(" || w == "[" || w == "<") depth++;
-        else if (w == ")" || w == "]" || w == ">") depth--;
-        else if (w == "," && depth == 0) break;
-        end++;
-      }
+    if (!params_.empty() || target_->params_close == target_->params_open + 1) return;
+    std::vector<bool> implicit;
+    for (auto [k, end] : split_top_level(target_->params_open + 1, target_->params_close)) {
       if (end == k) error(k, "empty kernel parameter");
-      KernelParam p;
+      KernelParameter p;
       p.line = s(k).line;
       size_t last = end - 1, decl_end = end;
       size_t attr_start;
@@ -360,21 +409,156 @@ class Translator {
       if (decl_end == k || s(decl_end - 1).kind != Kind::Ident) error(k, "cannot read this kernel parameter");
       p.name = s(decl_end - 1).text;
       p.type = type_text(k, decl_end - 1);
-      if (p.attr.empty()) error(k, "kernel parameter '" + p.name + "' has no attribute ([[buffer(n)]], ...)");
+      std::string space;  // the parameter's address space
+      for (size_t j = k; j < decl_end - 1; j++)
+        if (s(j).text == "device" || s(j).text == "constant" || s(j).text == "threadgroup") space = s(j).text;
+      const bool indirect = !p.type.empty() && (p.type.back() == '*' || p.type.back() == '&');
+      implicit.push_back(p.attr.empty());
+      if (p.attr.empty()) {
+        // Metal gives a device, constant or threadgroup argument without an index the first free one
+        // (MSL specification, 5.2.1)
+        if (space.empty() || !indirect)
+          error(k, "kernel parameter '" + p.name + "' has no attribute: Metal requires [[buffer(n)]], "
+                   "[[threadgroup(n)]] or a thread-position attribute for a parameter that is not a pointer or "
+                   "reference to device, constant or threadgroup memory");
+        p.attr = space == "threadgroup" ? "threadgroup" : "buffer";
+      }
       if (p.attr != "buffer" && p.attr != "threadgroup" && !position_attributes().count(p.attr))
         error(k, "kernel parameter '" + p.name + "': [[" + p.attr + "]] is not supported by the host backend");
-      if ((p.attr == "buffer" || p.attr == "threadgroup") &&
-          (p.type.empty() || (p.type.back() != '*' && p.type.back() != '&')))
+      if ((p.attr == "buffer" || p.attr == "threadgroup") && !indirect)
         error(k, "kernel parameter '" + p.name + "': a [[" + p.attr + "]] parameter must be a pointer or reference");
       params_.push_back(p);
-      k = end + 1;
+    }
+    for (const char* kind : {"buffer", "threadgroup"}) {
+      std::set<unsigned long> taken;
+      for (size_t i = 0; i < params_.size(); i++)
+        if (params_[i].attr == kind && !implicit[i]) taken.insert(std::strtoul(params_[i].arg.c_str(), nullptr, 0));
+      unsigned long next = 0;
+      for (size_t i = 0; i < params_.size(); i++) {
+        if (params_[i].attr != kind || !implicit[i]) continue;
+        while (taken.count(next)) next++;
+        params_[i].arg = std::to_string(next++);
+      }
     }
   }
 
-  bool inside_other_kernel(size_t k) const {
-    for (auto& [a, b] : other_kernel_bodies_)
-      if (k > a && k < b) return true;
-    return false;
+  // ---- what the target kernel uses
+  // A namespace-scope declaration (namespace bodies are looked into) and the names it declares.
+  struct Decl {
+    size_t from, to;
+    std::vector<std::string> names;  // empty: unknown, so always counted as used
+  };
+
+  // The last sig position of the declaration starting at k (before `limit`).
+  size_t declaration_end(size_t k, size_t limit) const {
+    size_t head = k;
+    while (is(head, "template") && is(head + 1, "<")) head = match(head + 1) + 1;
+    const bool type_decl = is(head, "struct") || is(head, "class") || is(head, "union") || is(head, "enum");
+    int depth = 0;
+    for (size_t j = k; j < limit; j++) {
+      if (is(j, "(") || is(j, "[") || is(j, "{")) depth++;
+      else if (is(j, ")") || is(j, "]")) depth--;
+      else if (is(j, "}") && --depth == 0) {
+        if (is(j + 1, ";")) return j + 1;
+        if (!(type_decl && j + 1 < limit && s(j + 1).kind == Kind::Ident)) return j;
+      } else if (depth == 0 && is(j, ";")) {
+        return j;
+      }
+      if (depth < 0) return j - 1;
+    }
+    return limit - 1;
+  }
+
+  std::vector<std::string> declared_names(size_t from, size_t to) const {
+    size_t h = from;
+    while (h < to && (is(h, "template") || (is(h, "[") && is(h + 1, "[")))) h = is(h, "[") ? match(h) + 1 : is(h + 1, "<") ? match(h + 1) + 1 : h + 1;
+    if (is(h, "using")) return is(h + 1, "namespace") ? std::vector<std::string>{} : std::vector<std::string>{s(h + 1).text};
+    if (is(h, "typedef")) {
+      std::string last;
+      for (size_t j = h; j < to; j++)
+        if (s(j).kind == Kind::Ident) last = s(j).text;
+      return {last};
+    }
+    if (is(h, "struct") || is(h, "class") || is(h, "union") || is(h, "enum")) {
+      std::vector<std::string> names;
+      size_t j = h + 1;
+      while (j < to && (is(j, "class") || is(j, "struct") || (is(j, "[") && is(j + 1, "[")))) j = is(j, "[") ? match(j) + 1 : j + 1;
+      if (j < to && s(j).kind == Kind::Ident) names.push_back(s(j).text);
+      if (is(h, "enum"))  // its enumerators too
+        for (size_t q = j; q < to; q++)
+          if (s(q).kind == Kind::Ident && (is(q - 1, "{") || is(q - 1, ","))) names.push_back(s(q).text);
+      return names;
+    }
+    for (size_t j = h; j < to; j++) {
+      if (is(j, "operator")) return {};  // operators are used without their name
+      if (!(is(j, "(") || is(j, "=") || is(j, "[") || is(j, "{") || is(j, ";"))) continue;
+      size_t n = j - 1;
+      if (is(n, ">")) n = match_back_angle(n) - 1;  // an explicit specialization f<float>(...)
+      if (n >= h && n < j && s(n).kind == Kind::Ident) return {s(n).text};
+      return {};
+    }
+    return {};
+  }
+
+  std::vector<Decl> declarations() const {
+    std::vector<Decl> out;
+    std::vector<size_t> namespace_ends;
+    for (size_t k = 0; k < sig_.size();) {
+      if (!namespace_ends.empty() && k == namespace_ends.back()) {
+        namespace_ends.pop_back();
+        k++;
+        continue;
+      }
+      if (is(k, ";")) { k++; continue; }
+      if (is(k, "namespace")) {
+        size_t j = k + 1;
+        while (j < sig_.size() && !is(j, "{") && !is(j, ";") && !is(j, "=")) j++;
+        if (is(j, "{")) {
+          namespace_ends.push_back(match(j));
+          k = j + 1;
+          continue;
+        }
+      }
+      size_t limit = namespace_ends.empty() ? sig_.size() : namespace_ends.back();
+      size_t end = declaration_end(k, limit);
+      out.push_back({k, end, declared_names(k, end + 1)});
+      k = end + 1;
+    }
+    return out;
+  }
+
+  // Every identifier the target kernel reaches: its own, then those of each declaration a reached
+  // name declares, transitively (the bodies of the other kernels excepted: they go).
+  std::set<std::string> reached_names() const {
+    std::vector<bool> unused(sig_.size(), false);
+    for (auto [from, to] : unused_)
+      for (size_t j = from; j <= to; j++) unused[j] = true;
+    std::set<std::string> reached;
+    std::vector<std::string> work;
+    auto visit = [&](size_t from, size_t to, bool all) {
+      for (size_t j = from; j <= to && j < sig_.size(); j++)
+        if (s(j).kind == Kind::Ident && (all || !unused[j]) && reached.insert(s(j).text).second) work.push_back(s(j).text);
+    };
+    visit(target_->start, target_->body_close, true);
+    if (instance_) visit(instance_->args_open, instance_->args_close, true);
+    std::vector<Decl> decls = declarations();
+    std::multimap<std::string, size_t> by_name;
+    for (size_t i = 0; i < decls.size(); i++) {
+      if (decls[i].names.empty()) visit(decls[i].from, decls[i].to, false);
+      for (const auto& n : decls[i].names) by_name.insert({n, i});
+    }
+    std::vector<bool> done(decls.size(), false);
+    while (!work.empty()) {
+      std::string name = work.back();
+      work.pop_back();
+      auto [lo, hi] = by_name.equal_range(name);
+      for (auto it = lo; it != hi; ++it)
+        if (!done[it->second]) {
+          done[it->second] = true;
+          visit(decls[it->second].from, decls[it->second].to, false);
+        }
+    }
+    return reached;
   }
 
   // constant T NAME [[function_constant(i)]];
@@ -384,6 +568,8 @@ class Translator {
       if (s(k).text == "is_function_constant_defined" && is(k + 1, "(")) queried.insert(s(k + 2).text);
     std::set<std::string> used_keys;
     std::vector<std::string> declared;
+    std::set<std::string> reached;
+    bool reached_known = false;
     for (size_t k = 0; k + 6 < sig_.size(); k++) {
       if (!(s(k).text == "function_constant" && k >= 3 && is(k - 1, "[") && is(k - 2, "["))) continue;
       size_t name_pos = k - 3;
@@ -418,11 +604,11 @@ class Translator {
         repl = "static const " + type + " " + name + " = " + init + value->literal() + ")); " +
                "static constexpr bool " + name + "__aproto_defined = true;";
       } else {
-        bool used_by_target = false;
-        for (size_t j = 0; j < sig_.size() && !used_by_target; j++)
-          used_by_target = j != name_pos && s(j).text == name && !inside_other_kernel(j) &&
-                           !(j >= 2 && s(j - 2).text == "is_function_constant_defined");
-        if (used_by_target && !queried.count(name))
+        if (!reached_known) {
+          reached = reached_names();
+          reached_known = true;
+        }
+        if (reached.count(name) && !queried.count(name))
           error(name_pos, "function constant '" + name + "' (index " + index + ") has no value: pass constants={'" +
                               name + "': ...} (kernel '" + function_ + "' uses it)");
         repl = "static const " + type + " " + name + " = " + init + "0)); " + "static constexpr bool " + name +
@@ -532,6 +718,96 @@ class Translator {
       k = close + 1;
     }
   }
+  // The `(` matching the `)` at sig position k.
+  size_t match_back_paren(size_t k) const {
+    int depth = 0;
+    for (size_t j = k + 1; j-- > 0;) {
+      if (is(j, ")")) depth++;
+      else if (is(j, "(") && --depth == 0) return j;
+    }
+    error(k, "unbalanced ')'");
+  }
+
+  // `complex_t() threadgroup : ...`, `void log(...) const constant {}`: member functions overloaded
+  // by the address space of `this`. The host has one address space, where such an overload
+  // duplicates the thread (or unqualified) one: it goes. With no such twin, the first overload stays,
+  // without its qualifier.
+  void rewrite_address_space_members() {
+    struct Member {
+      size_t from, to, qualifier;
+      std::string key;  // scope, name, parameters and cv-qualifiers: what tells overloads apart here
+      bool thread;
+    };
+    std::vector<Member> members;
+    for (size_t k = 1; k + 2 < sig_.size(); k++) {
+      if (!is(k, ")") || s(k).consumed) continue;
+      size_t q = k + 1;
+      std::string cv;
+      while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
+      if (!is_address_space(s(q).text)) continue;
+      const std::string& next = s(q + 1).text;
+      if (!(next == "{" || next == ":" || next == ";" || next == "=" || next == "noexcept" || next == "->")) continue;
+      size_t open = match_back_paren(k);
+      if (open == 0 || s(open - 1).kind != Kind::Ident) continue;
+      size_t from = open - 1;
+      while (from > 0 && !is(from - 1, ";") && !is(from - 1, "{") && !is(from - 1, "}") &&
+             !(is(from - 1, ":") && (is(from - 2, "public") || is(from - 2, "private") || is(from - 2, "protected"))))
+        from--;
+      size_t to = q + 1;
+      bool init_list = false;
+      for (int depth = 0; to < sig_.size(); to++) {
+        if (is(to, "(") || is(to, "[")) depth++;
+        else if (is(to, ")") || is(to, "]")) depth--;
+        else if (depth == 0 && is(to, ":")) init_list = true;
+        else if (depth == 0 && is(to, ";")) break;
+        else if (depth == 0 && is(to, "{")) {
+          if (init_list && (s(to - 1).kind == Kind::Ident || is(to - 1, ">"))) { to = match(to); continue; }  // a{0}
+          to = match(to);
+          break;
+        }
+      }
+      size_t scope = from;  // the `{` of the enclosing class
+      for (int depth = 0; scope-- > 0;) {
+        if (is(scope, "}")) depth++;
+        else if (is(scope, "{") && depth-- == 0) break;
+      }
+      std::string key = std::to_string(scope) + " " + s(open - 1).text + " " + cv;
+      for (size_t j = open; j <= k; j++) key += s(j).text + " ";
+      members.push_back({from, to, q, key, s(q).text == "thread"});
+    }
+    std::set<std::string> has_thread_twin;
+    for (const auto& m : members)
+      if (m.thread) has_thread_twin.insert(m.key);
+    std::set<std::string> kept;
+    for (const auto& m : members) {
+      if (m.thread) {
+        blank(m.qualifier, m.qualifier, "");
+      } else if (has_thread_twin.count(m.key) || kept.count(m.key) || unqualified_twin(m.from, m.key)) {
+        blank(m.from, m.to, "");
+      } else {
+        blank(m.qualifier, m.qualifier, "");
+        kept.insert(m.key);
+      }
+    }
+  }
+
+  // Does the class whose `{` the key names declare the same member without an address space?
+  bool unqualified_twin(size_t from, const std::string& key) const {
+    size_t scope = std::strtoul(key.c_str(), nullptr, 10);
+    if (!is(scope, "{")) return false;
+    size_t end = match(scope);
+    for (size_t j = scope + 1; j + 1 < end; j++) {
+      if (!is(j, "(") || s(j - 1).kind != Kind::Ident || j - 1 == from) continue;
+      size_t close = match(j), q = close + 1;
+      std::string cv;
+      while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
+      if (is_address_space(s(q).text)) continue;
+      std::string other = std::to_string(scope) + " " + s(j - 1).text + " " + cv;
+      for (size_t p = j; p <= close; p++) other += s(p).text + " ";
+      if (other == key) return true;
+    }
+    return false;
+  }
 
   bool is_vector_cast(size_t k) const {  // `( float4 )` with the type at sig position k
     return k > 0 && is(k - 1, "(") && is(k + 1, ")") && vector_types().count(s(k).text);
@@ -562,6 +838,19 @@ class Translator {
     return k;
   }
 
+  // The `>` closing a template argument list opened at sig position k (`f<T>(`, `reinterpret_cast<T*>(`,
+  // `S<T>::`), or 0 when this `<` is no such list.
+  size_t template_args_end(size_t k, size_t limit) const {
+    if (k == 0 || s(k - 1).kind != Kind::Ident) return 0;
+    int depth = 0;
+    for (size_t j = k; j < limit; j++) {
+      if (is(j, "<")) depth++;
+      else if (is(j, ">") && --depth == 0) return (is(j + 1, "(") || is(j + 1, "::") || is(j + 1, "{")) ? j : 0;
+      else if (is(j, ";") || is(j, "{") || is(j, "}")) return 0;
+    }
+    return 0;
+  }
+
   // MSL converts a `bool4` (a vector comparison) to 1 / 0; clang's vector comparisons give -1 / 0
   // integer vectors. An argument (between open and close) that is a comparison, and not the condition
   // of a ?:, is refused rather than converted to -1.
@@ -577,6 +866,12 @@ class Translator {
         continue;
       }
       const std::string& w = s(j).text;
+      if (w == "<") {
+        if (size_t end = template_args_end(j, close)) {
+          j = end;
+          continue;
+        }
+      }
       if (w == "(" || w == "[") depth++;
       else if (w == ")" || w == "]") depth--;
       if (depth != 0) continue;
@@ -615,70 +910,40 @@ class Translator {
         }
       }
     }
-    for (Token& tok : t_)
-      if (tok.kind == Kind::Directive) tok.out = rewrite_macro(tok);
   }
 
-  // `#define` bodies get the constructor and half-literal rewrites too; a vector C-style cast in a
-  // macro cannot be rewritten safely (its operand is only known where the macro is used).
-  std::string rewrite_macro(const Token& directive) const {
-    const std::string& text = directive.text;
-    size_t p = text.find_first_not_of(" \t", 1);
-    if (p == std::string::npos || text.compare(p, 6, "define") != 0) return directive.out;
-    std::vector<Token> body = lex(" " + text.substr(p + 6), directive.file);
-    std::string out = text.substr(0, p + 6);
-    for (size_t i = 0; i < body.size(); i++) {
-      const Token& t = body[i];
-      std::string piece = t.text;
-      if (t.kind == Kind::Number) {
-        piece = half_literal(t.text);
-      } else if (t.kind == Kind::Ident && vector_types().count(t.text)) {
-        size_t next = i + 1, prev = i;
-        while (next < body.size() && body[next].kind == Kind::Space) next++;
-        while (prev > 0 && body[prev - 1].kind == Kind::Space) prev--;
-        bool open_after = next < body.size() && body[next].text == "(";
-        bool in_parens = prev > 0 && body[prev - 1].text == "(" && next < body.size() && body[next].text == ")";
-        if (in_parens)
-          throw CompileError(directive.file + ":" + std::to_string(directive.line) + ": error: a (" + t.text +
-                             ") cast inside #define cannot be translated by the host backend; write " + t.text +
-                             "(x) or convert where the macro is used");
-        if (open_after) piece = "::metal::vmake<" + t.text + ">";
-      }
-      out += piece;
-    }
-    return out;
-  }
-
+  // The kernel's entry point. Parameter types come from the function's own type (through
+  // aproto_rt::kernel_fn), so a template instance binds like a plain kernel.
   std::string entry_point() const {
     std::string buffers, tg_args, args;
     uint32_t n_buffers = 0, n_tg = 0;
-    for (const auto& p : params_) {
+    for (size_t i = 0; i < params_.size(); i++) {
+      const KernelParameter& p = params_[i];
+      const std::string type = "aproto_arg_<" + std::to_string(i) + ">";
       if (!args.empty()) args += ",\n      ";
       if (p.attr == "buffer") {
-        std::string base = p.type.substr(0, p.type.size() - 1);
-        bool ref = p.type.back() == '&';
-        bool readonly = base.find("const") != std::string::npos;
-        args += ref ? "*(" + base + "*)aproto_b_[" + p.arg + "]" : "(" + p.type + ")aproto_b_[" + p.arg + "]";
-        buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", " +
-                   (ref ? "sizeof(" + base + ")" : std::string("0")) + ", ::aproto_rt::align_of<" + base + ">(), " +
-                   (readonly ? "1" : "0") + "},\n";
+        args += "::aproto_rt::buffer_arg<" + type + ">(aproto_b_[" + p.arg + "])";
+        buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", ::aproto_rt::buffer_min_bytes<" + type +
+                   ">(), ::aproto_rt::buffer_align<" + type + ">(), ::aproto_rt::buffer_readonly<" + type + ">()},\n";
         n_buffers++;
       } else if (p.attr == "threadgroup") {
-        args += "(" + p.type + ")::aproto_rt::threadgroup_argument(" + p.arg + ")";
+        args += "(" + type + ")::aproto_rt::threadgroup_argument(" + p.arg + ")";
         tg_args += p.arg + "u, ";
         n_tg++;
       } else {
-        args += "::aproto_rt::position<" + p.type + ">(aproto_pos_." + position_attributes().at(p.attr) + ")";
+        args += "::aproto_rt::position<" + type + ">(aproto_pos_." + position_attributes().at(p.attr) + ")";
       }
     }
     std::string out = "\n// ---- generated by attention_proto's host backend\nnamespace {\n";
+    out += "using aproto_fn_ = ::aproto_rt::kernel_fn<decltype(&" + call_ + ")>;\n";
+    out += "template <unsigned I> using aproto_arg_ = typename aproto_fn_::template arg<I>;\n";
     if (n_buffers) out += "const aproto_buffer_desc aproto_buffers_[] = {\n" + buffers + "};\n";
     if (n_tg) out += "const uint32_t aproto_threadgroup_args_[] = {" + tg_args + "};\n";
     out += "void aproto_run_thread_(void* const* aproto_b_) {\n  (void)aproto_b_;\n"
-           "  const aproto_thread_pos& aproto_pos_ = ::aproto_rt::pos();\n  (void)aproto_pos_;\n  " + function_ + "(" + args + ");\n}\n";
+           "  const aproto_thread_pos& aproto_pos_ = ::aproto_rt::pos();\n  (void)aproto_pos_;\n  " + call_ + "(" + args + ");\n}\n";
     out += "void aproto_bind_(const aproto_runtime* rt) { ::aproto_rt::g_rt = rt; }\n}  // namespace\n";
     out += "extern \"C\" __attribute__((visibility(\"default\"))) const aproto_kernel_desc aproto_kernel = {\n"
-           "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(max_threads_) + "u, " +
+           "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(target_->max_threads) + "u, " +
            std::to_string(n_buffers) + "u, " +
            (n_buffers ? "aproto_buffers_" : "nullptr") + ", " + std::to_string(n_tg) + "u, " +
            (n_tg ? "aproto_threadgroup_args_" : "nullptr") + ", aproto_bind_, aproto_run_thread_};\n";
@@ -691,6 +956,17 @@ class Translator {
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name) {
   return Translator(source, function, constants, source_name).run();
+}
+
+std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
+                                               const std::string& source_name) {
+  const Constants none;
+  return Translator(source, function, none, source_name).parameters();
+}
+
+std::vector<std::string> kernel_names(const std::string& source, const std::string& source_name) {
+  const Constants none;
+  return Translator(source, "", none, source_name).names();
 }
 
 }  // namespace aproto::host

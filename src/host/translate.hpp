@@ -1,17 +1,24 @@
 // MSL -> C++ translation for the host backend.
 //
 // A kernel source stays unchanged on disk; this turns its text into a C++ translation unit that clang
-// compiles against include/aproto_metal.hpp. The rewrites are the few places where MSL is not C++:
-//  - `constant T NAME [[function_constant(i)]];` becomes a constexpr with the pipeline's value (one
-//    compiled variant per constant set; usable as an array size), is_function_constant_defined() a bool;
+// compiles against include/aproto_metal.hpp. First the preprocessor's macros and conditionals run
+// (preprocess.hpp), so the translator sees what Metal's compiler sees. Then the rewrites are the few
+// places where MSL is not C++:
+//  - kernels are found as Metal publishes them: `kernel void f(...)`, and template instances under
+//    their `[[host_name("...")]]`; the other kernels' bodies and instances go;
+//  - `constant T NAME [[function_constant(i)]];` becomes a value of the pipeline (one compiled variant
+//    per constant set), is_function_constant_defined() a bool; a constant the kernel reaches must have one;
 //  - `threadgroup T name[...];` in a function body becomes a reference to memory shared by the group;
-//  - address-space qualifiers go (`constant` becomes `const`); attributes are dropped;
+//  - address-space qualifiers go (`constant` becomes `const`), and so do member-function overloads on
+//    the address space of `this` that duplicate another; attributes are dropped;
 //  - `1.0h` half literals, `float4(...)` constructors and `(float4)x` / static_cast<float4> conversions,
 //    which on clang vectors would be bit casts, become calls with MSL semantics;
-//  - a generated entry point binds [[buffer(n)]], [[threadgroup(n)]] and thread-position parameters.
+//  - a generated entry point binds [[buffer(n)]], [[threadgroup(n)]] and thread-position parameters,
+//    numbering the ones without an index as Metal does.
 // Lines are preserved, so compiler messages point at the shader's own file:line.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "runtime/constants.hpp"
 
@@ -21,5 +28,22 @@ namespace aproto::host {
 // `source_name` names it in messages until its first #line. Throws CompileError ("file:line: ...").
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name);
+
+// A kernel parameter as the entry point binds it.
+struct KernelParameter {
+  std::string type;  // C++ type text, address spaces removed, template arguments in ("const float*")
+  std::string name;
+  std::string attr;  // "buffer", "threadgroup", or a thread-position attribute
+  std::string arg;   // the attribute's argument ("0"); implicit indices numbered as Metal numbers them
+  int line = 0;
+};
+
+// The parameters of kernel `function` (a published host_name or a plain kernel name) in declaration
+// order. `source` is include-resolved, as for translate(). Throws CompileError.
+std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
+                                               const std::string& source_name);
+
+// Every kernel name the source publishes, template instances under their host names, in source order.
+std::vector<std::string> kernel_names(const std::string& source, const std::string& source_name);
 
 }  // namespace aproto::host

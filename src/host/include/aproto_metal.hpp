@@ -58,11 +58,27 @@ template <class T> inline T position(const uint32_t* v) {
   }
 }
 
-// Alignment a buffer bound to a `T*` / `T&` parameter needs (1 for void).
-template <class T> constexpr uint64_t align_of() {
-  if constexpr (std::is_void_v<std::remove_cv_t<T>>) return 1;
-  else return alignof(T);
+// The parameter types of a kernel, read from its function type (the generated entry point binds
+// plain kernels and template instances alike through them).
+template <class F> struct kernel_fn;
+template <class... A> struct kernel_fn<void (*)(A...)> {
+  template <unsigned I> using arg = __type_pack_element<I, A...>;
+};
+// A `T*` / `T&` buffer parameter bound to a buffer's address.
+template <class P> using pointee = std::remove_pointer_t<std::remove_reference_t<P>>;
+template <class P> inline P buffer_arg(void* p) {
+  if constexpr (std::is_reference_v<P>) return *static_cast<pointee<P>*>(p);
+  else return static_cast<P>(p);
 }
+template <class P> constexpr uint64_t buffer_min_bytes() {  // sizeof(T) for `constant T&`, 0 for pointers
+  if constexpr (std::is_reference_v<P>) return sizeof(pointee<P>);
+  else return 0;
+}
+template <class P> constexpr uint64_t buffer_align() {  // what the buffer's address must be a multiple of
+  if constexpr (std::is_void_v<std::remove_cv_t<pointee<P>>>) return 1;
+  else return alignof(pointee<P>);
+}
+template <class P> constexpr int buffer_readonly() { return std::is_const_v<pointee<P>> ? 1 : 0; }
 
 // Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
 template <class T> inline T& threadgroup_variable(uint32_t index, const char* name) {
@@ -182,6 +198,12 @@ APROTO_UNARY(atan, __builtin_atanf(x)) APROTO_UNARY(sinh, __builtin_sinhf(x))
 APROTO_UNARY(cosh, __builtin_coshf(x)) APROTO_UNARY(tanh, __builtin_tanhf(x))
 APROTO_UNARY(saturate, __builtin_fminf(__builtin_fmaxf(x, 0.0f), 1.0f))
 APROTO_UNARY(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
+APROTO_UNARY(asinh, __builtin_asinhf(x)) APROTO_UNARY(acosh, __builtin_acoshf(x))
+APROTO_UNARY(atanh, __builtin_atanhf(x))
+// sinpi(x) = sin(pi x): the product in double, so large arguments keep their precision
+APROTO_UNARY(sinpi, (float)__builtin_sin(3.14159265358979323846 * (double)x))
+APROTO_UNARY(cospi, (float)__builtin_cos(3.14159265358979323846 * (double)x))
+APROTO_UNARY(tanpi, (float)__builtin_tan(3.14159265358979323846 * (double)x))
 #undef APROTO_UNARY
 #define APROTO_BINARY(name, expr)                                                               \
   template <class T> inline if_scalar_float<T> name(T a, T b) { float x = (float)a, y = (float)b; return (T)(expr); } \
@@ -193,6 +215,7 @@ APROTO_BINARY(pow, __builtin_powf(x, y)) APROTO_BINARY(powr, __builtin_powf(x, y
 APROTO_BINARY(atan2, __builtin_atan2f(x, y)) APROTO_BINARY(fmod, __builtin_fmodf(x, y))
 APROTO_BINARY(copysign, __builtin_copysignf(x, y)) APROTO_BINARY(divide, x / y)
 APROTO_BINARY(step, y < x ? 0.0f : 1.0f)
+APROTO_BINARY(nextafter, __builtin_nextafterf(x, y))
 #undef APROTO_BINARY
 template <class T> inline if_scalar_float<T> fma(T a, T b, T c) { return (T)__builtin_fmaf((float)a, (float)b, (float)c); }
 template <class T, int N> inline vec<T, N> fma(vec<T, N> a, vec<T, N> b, vec<T, N> c) {
@@ -214,6 +237,15 @@ template <class T> inline if_scalar_float<T> fmin(T a, T b) { return (T)__builti
 template <class T, int N> inline vec<T, N> fmax(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmax(a[i], b[i]); return a; }
 template <class T, int N> inline vec<T, N> fmin(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmin(a[i], b[i]); return a; }
 template <class T, class L> inline T clamp(T x, L lo, L hi) { return min(max(x, (T)lo), (T)hi); }
+// Three-operand forms (MSL 2.1): fmax3 / fmin3 ignore NaNs as fmax does; median3 is the middle value.
+template <class T> inline T fmax3(T a, T b, T c) { return fmax(fmax(a, b), c); }
+template <class T> inline T fmin3(T a, T b, T c) { return fmin(fmin(a, b), c); }
+template <class T> inline T fmedian3(T a, T b, T c) { return fmax(fmin(a, b), fmin(fmax(a, b), c)); }
+template <class T> inline T max3(T a, T b, T c) { return max(max(a, b), c); }
+template <class T> inline T min3(T a, T b, T c) { return min(min(a, b), c); }
+template <class T> inline T median3(T a, T b, T c) { return max(min(a, b), min(max(a, b), c)); }
+template <class T> inline if_scalar_float<T> ldexp(T x, int k) { return (T)__builtin_ldexpf((float)x, k); }
+template <class T> inline if_scalar_float<T> frexp(T x, int& e) { return (T)__builtin_frexpf((float)x, &e); }
 template <class T, class U> inline T mix(T a, T b, U t) { return a + (b - a) * t; }
 template <class T> inline bool isnan(T v) { return __builtin_isnan((float)v); }
 template <class T> inline bool isinf(T v) { return __builtin_isinf((float)v); }
@@ -256,8 +288,19 @@ template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> mulhi(T a, 
   }
 }
 // fast:: and precise:: name the same functions here: the host computes in IEEE float either way.
-namespace fast { using namespace ::metal; }
-namespace precise { using namespace ::metal; }
+// Using-declarations, not a using-directive: a header that adds its own overloads to metal::fast
+// (MLX adds bfloat ones) must extend this overload set, not hide it.
+#define APROTO_MATH_NAMES(X)                                                                                \
+  X(exp) X(exp2) X(exp10) X(log) X(log2) X(log10) X(sqrt) X(rsqrt) X(fabs) X(floor) X(ceil) X(round) X(rint) \
+  X(trunc) X(fract) X(sin) X(cos) X(tan) X(asin) X(acos) X(atan) X(sinh) X(cosh) X(tanh) X(asinh) X(acosh) \
+  X(atanh) X(sinpi) X(cospi) X(tanpi) X(saturate) X(sign) X(pow) X(powr) X(atan2) X(fmod) X(copysign)       \
+  X(divide) X(step) X(nextafter) X(fma) X(abs) X(max) X(min) X(fmax) X(fmin) X(fmax3) X(fmin3) X(fmedian3)   \
+  X(max3) X(min3) X(median3) X(clamp) X(mix) X(ldexp) X(frexp) X(isnan) X(isinf) X(isfinite) X(signbit)    \
+  X(dot) X(length) X(normalize)
+#define APROTO_USING(name) using ::metal::name;
+namespace fast { APROTO_MATH_NAMES(APROTO_USING) }
+namespace precise { APROTO_MATH_NAMES(APROTO_USING) }
+#undef APROTO_USING
 
 template <class T> struct numeric_limits : std::numeric_limits<T> {};
 template <> struct numeric_limits<half> {
@@ -270,12 +313,12 @@ template <> struct numeric_limits<half> {
   static constexpr bool has_infinity = true;
 };
 template <> struct numeric_limits<bfloat> {
-  static bfloat max() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F7F); }
-  static bfloat lowest() { return __builtin_bit_cast(bfloat, (uint16_t)0xFF7F); }
-  static bfloat min() { return __builtin_bit_cast(bfloat, (uint16_t)0x0080); }
-  static bfloat epsilon() { return __builtin_bit_cast(bfloat, (uint16_t)0x3C00); }
-  static bfloat infinity() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F80); }
-  static bfloat quiet_NaN() { return __builtin_bit_cast(bfloat, (uint16_t)0x7FC0); }
+  static constexpr bfloat max() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F7F); }
+  static constexpr bfloat lowest() { return __builtin_bit_cast(bfloat, (uint16_t)0xFF7F); }
+  static constexpr bfloat min() { return __builtin_bit_cast(bfloat, (uint16_t)0x0080); }
+  static constexpr bfloat epsilon() { return __builtin_bit_cast(bfloat, (uint16_t)0x3C00); }
+  static constexpr bfloat infinity() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F80); }
+  static constexpr bfloat quiet_NaN() { return __builtin_bit_cast(bfloat, (uint16_t)0x7FC0); }
   static constexpr bool has_infinity = true;
 };
 
@@ -328,37 +371,39 @@ APROTO_SIMD_PREFIX(simd_prefix_exclusive_product, '*', false)
 APROTO_SIMD_PREFIX(simd_prefix_inclusive_product, '*', true)
 #undef APROTO_SIMD_PREFIX
 
-namespace detail {
+}  // namespace metal
+namespace aproto_rt {  // not metal::detail: kernels declare a `detail` namespace of their own
 // Value of lane `src` when it took part, else the caller's own value (undefined in MSL).
 template <class T> inline T shuffle_from(T v, uint32_t src, aproto_site site, const char* what) {
   uint32_t m;
   const unsigned char* d = aproto_rt::exchange(v, m, site, 0, what);
   return (src < APROTO_SIMD_WIDTH && (m >> src & 1)) ? aproto_rt::slot<T>(d, src) : v;
 }
-}  // namespace detail
+}  // namespace aproto_rt
+namespace metal {
 template <class T> inline T simd_shuffle(T v, ushort lane, APROTO_SITE) {
-  return detail::shuffle_from(v, lane, __site, "simd_shuffle");
+  return aproto_rt::shuffle_from(v, lane, __site, "simd_shuffle");
 }
 template <class T> inline T simd_broadcast(T v, ushort lane, APROTO_SITE) {
-  return detail::shuffle_from(v, lane, __site, "simd_broadcast");
+  return aproto_rt::shuffle_from(v, lane, __site, "simd_broadcast");
 }
 template <class T> inline T simd_shuffle_xor(T v, ushort mask, APROTO_SITE) {
-  return detail::shuffle_from(v, aproto_rt::lane() ^ mask, __site, "simd_shuffle_xor");
+  return aproto_rt::shuffle_from(v, aproto_rt::lane() ^ mask, __site, "simd_shuffle_xor");
 }
 // Lanes whose source falls outside the SIMD-group keep their own value.
 template <class T> inline T simd_shuffle_down(T v, ushort delta, APROTO_SITE) {
   uint32_t me = aproto_rt::lane();
-  return detail::shuffle_from(v, me + delta < APROTO_SIMD_WIDTH ? me + delta : me, __site, "simd_shuffle_down");
+  return aproto_rt::shuffle_from(v, me + delta < APROTO_SIMD_WIDTH ? me + delta : me, __site, "simd_shuffle_down");
 }
 template <class T> inline T simd_shuffle_up(T v, ushort delta, APROTO_SITE) {
   uint32_t me = aproto_rt::lane();
-  return detail::shuffle_from(v, me >= delta ? me - delta : me, __site, "simd_shuffle_up");
+  return aproto_rt::shuffle_from(v, me >= delta ? me - delta : me, __site, "simd_shuffle_up");
 }
 template <class T> inline T simd_shuffle_rotate_down(T v, ushort delta, APROTO_SITE) {
-  return detail::shuffle_from(v, (aproto_rt::lane() + delta) % APROTO_SIMD_WIDTH, __site, "simd_shuffle_rotate_down");
+  return aproto_rt::shuffle_from(v, (aproto_rt::lane() + delta) % APROTO_SIMD_WIDTH, __site, "simd_shuffle_rotate_down");
 }
 template <class T> inline T simd_shuffle_rotate_up(T v, ushort delta, APROTO_SITE) {
-  return detail::shuffle_from(v, (aproto_rt::lane() + APROTO_SIMD_WIDTH - delta % APROTO_SIMD_WIDTH) % APROTO_SIMD_WIDTH,
+  return aproto_rt::shuffle_from(v, (aproto_rt::lane() + APROTO_SIMD_WIDTH - delta % APROTO_SIMD_WIDTH) % APROTO_SIMD_WIDTH,
                               __site, "simd_shuffle_rotate_up");
 }
 template <class T> inline T simd_broadcast_first(T v, APROTO_SITE) {
@@ -399,6 +444,34 @@ inline simd_vote simd_active_threads_mask(APROTO_SITE) {
   uint32_t m;
   aproto_rt::exchange(0, m, __site, 0, "simd_active_threads_mask");
   return simd_vote{m};
+}
+// Shifts within groups of `modulo` lanes (MSL 2.4): the lanes shifted past a group's end take
+// `filling` from the other end of the group. Lanes that did not take part read as their own value.
+template <class T> inline T shuffle_and_fill(T data, T filling, int delta, uint32_t modulo, aproto_site site,
+                                             const char* what) {
+  struct Pair { T data, filling; } mine{data, filling};
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(mine, m, site, 0, what);
+  const uint32_t me = aproto_rt::lane();
+  if (modulo == 0 || modulo > APROTO_SIMD_WIDTH) modulo = APROTO_SIMD_WIDTH;
+  const int p = (int)(me % modulo), base = (int)(me - me % modulo), from = p + delta;
+  const bool fill = from < 0 || from >= (int)modulo;
+  const uint32_t src = (uint32_t)(base + (from < 0 ? from + (int)modulo : from >= (int)modulo ? from - (int)modulo : from));
+  if (src >= APROTO_SIMD_WIDTH || !(m >> src & 1)) return data;
+  Pair other = aproto_rt::slot<Pair>(d, src);
+  return fill ? other.filling : other.data;
+}
+template <class T> inline T simd_shuffle_and_fill_down(T data, T filling, ushort delta, ushort modulo, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, (int)delta, modulo, __site, "simd_shuffle_and_fill_down");
+}
+template <class T> inline T simd_shuffle_and_fill_down(T data, T filling, ushort delta, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, (int)delta, APROTO_SIMD_WIDTH, __site, "simd_shuffle_and_fill_down");
+}
+template <class T> inline T simd_shuffle_and_fill_up(T data, T filling, ushort delta, ushort modulo, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, -(int)delta, modulo, __site, "simd_shuffle_and_fill_up");
+}
+template <class T> inline T simd_shuffle_and_fill_up(T data, T filling, ushort delta, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, -(int)delta, APROTO_SIMD_WIDTH, __site, "simd_shuffle_and_fill_up");
 }
 inline bool simd_is_first(APROTO_SITE) {
   uint32_t m;
@@ -532,6 +605,103 @@ inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_ma
   simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<TD, 8, 8>(TD(0)), __site);
 }
 
+// ---- matrix<T, C, R>: C columns of R elements (floatCxR), indexed by column, as in MSL.
+template <class T, int C, int R> struct matrix {
+  static_assert(C >= 2 && C <= 4 && R >= 2 && R <= 4, "MSL matrices have 2 to 4 columns and rows");
+  vec<T, R> columns[C];
+  matrix() = default;
+  explicit matrix(T diagonal) {  // diagonal matrix, zeros elsewhere
+    for (int c = 0; c < C; c++) {
+      columns[c] = (vec<T, R>)(T)0;
+      if (c < R) columns[c][c] = diagonal;
+    }
+  }
+  template <class... V, std::enable_if_t<sizeof...(V) == C && (std::is_same_v<V, vec<T, R>> && ...), int> = 0>
+  matrix(V... cols) : columns{cols...} {}
+  template <class... S, std::enable_if_t<sizeof...(S) == C * R && (!aproto_rt::is_vec<S> && ...), int> = 0>
+  matrix(S... scalars) {  // column by column
+    const T v[] = {(T)scalars...};
+    for (int i = 0; i < C * R; i++) columns[i / R][i % R] = v[i];
+  }
+  template <class U> explicit matrix(const matrix<U, C, R>& m) {  // element-wise conversion
+    for (int c = 0; c < C; c++) columns[c] = __builtin_convertvector(m.columns[c], vec<T, R>);
+  }
+  vec<T, R>& operator[](int c) { return columns[c]; }
+  const vec<T, R>& operator[](int c) const { return columns[c]; }
+};
+template <class T, int C, int R> inline vec<T, R> operator*(const matrix<T, C, R>& m, vec<T, C> v) {
+  vec<T, R> r = m.columns[0] * v[0];
+  for (int c = 1; c < C; c++) r += m.columns[c] * v[c];
+  return r;
+}
+template <class T, int C, int R> inline vec<T, C> operator*(vec<T, R> v, const matrix<T, C, R>& m) {
+  vec<T, C> r;
+  for (int c = 0; c < C; c++) r[c] = dot(v, m.columns[c]);
+  return r;
+}
+template <class T, int K, int C, int R>
+inline matrix<T, C, R> operator*(const matrix<T, K, R>& a, const matrix<T, C, K>& b) {
+  matrix<T, C, R> r;
+  for (int c = 0; c < C; c++) r.columns[c] = a * b.columns[c];
+  return r;
+}
+#define APROTO_MATRIX_OP(op)                                                                              \
+  template <class T, int C, int R> inline matrix<T, C, R> operator op(matrix<T, C, R> a, const matrix<T, C, R>& b) { \
+    for (int c = 0; c < C; c++) a.columns[c] = a.columns[c] op b.columns[c];                                 \
+    return a;                                                                                                \
+  }
+APROTO_MATRIX_OP(+) APROTO_MATRIX_OP(-)
+#undef APROTO_MATRIX_OP
+template <class T, int C, int R> inline matrix<T, C, R> operator*(matrix<T, C, R> m, T s) {
+  for (int c = 0; c < C; c++) m.columns[c] *= s;
+  return m;
+}
+template <class T, int C, int R> inline matrix<T, C, R> operator*(T s, const matrix<T, C, R>& m) { return m * s; }
+template <class T, int C, int R> inline matrix<T, R, C> transpose(const matrix<T, C, R>& m) {
+  matrix<T, R, C> t;
+  for (int c = 0; c < C; c++)
+    for (int r = 0; r < R; r++) t.columns[r][c] = m.columns[c][r];
+  return t;
+}
+#define APROTO_MATRIX_TYPES(T)                                                                 \
+  typedef matrix<T, 2, 2> T##2x2; typedef matrix<T, 2, 3> T##2x3; typedef matrix<T, 2, 4> T##2x4; \
+  typedef matrix<T, 3, 2> T##3x2; typedef matrix<T, 3, 3> T##3x3; typedef matrix<T, 3, 4> T##3x4; \
+  typedef matrix<T, 4, 2> T##4x2; typedef matrix<T, 4, 3> T##4x3; typedef matrix<T, 4, 4> T##4x4;
+APROTO_MATRIX_TYPES(float) APROTO_MATRIX_TYPES(half)
+#undef APROTO_MATRIX_TYPES
+
+// ---- <metal_type_traits>: the standard traits, with half and bfloat as the floating-point types MSL
+// makes them
+using std::conditional; using std::conditional_t; using std::decay; using std::decay_t; using std::enable_if;
+using std::enable_if_t; using std::false_type; using std::integral_constant; using std::is_const;
+using std::is_const_v; using std::is_convertible; using std::is_convertible_v; using std::is_integral;
+using std::is_integral_v; using std::is_pointer; using std::is_pointer_v; using std::is_same; using std::is_same_v;
+using std::is_signed; using std::is_signed_v; using std::is_unsigned; using std::is_unsigned_v;
+using std::make_signed; using std::make_signed_t; using std::make_unsigned; using std::make_unsigned_t;
+using std::remove_const; using std::remove_const_t; using std::remove_cv; using std::remove_cv_t;
+using std::remove_reference; using std::remove_reference_t; using std::true_type; using std::void_t;
+template <class T> struct is_floating_point
+    : std::bool_constant<std::is_same_v<std::remove_cv_t<T>, float> || std::is_same_v<std::remove_cv_t<T>, half> ||
+                         std::is_same_v<std::remove_cv_t<T>, bfloat>> {};
+template <class T> constexpr bool is_floating_point_v = is_floating_point<T>::value;
+template <class T> struct is_arithmetic : std::bool_constant<std::is_integral_v<T> || is_floating_point_v<T>> {};
+template <class T> constexpr bool is_arithmetic_v = is_arithmetic<T>::value;
+template <class T> struct is_scalar : std::bool_constant<is_arithmetic_v<T> || std::is_pointer_v<T> || std::is_enum_v<T>> {};
+template <class T> constexpr bool is_scalar_v = is_scalar<T>::value;
+template <class T> struct is_vector : std::bool_constant<aproto_rt::is_vec<T>> {};
+template <class T> constexpr bool is_vector_v = is_vector<T>::value;
+
+// ---- <metal_logging>: os_log accepts messages and drops them (the host has no GPU log stream).
+struct os_log {
+  constexpr os_log() = default;
+  constexpr os_log(const char*, const char*) {}
+  template <class... A> void log(const char*, A...) const {}
+  template <class... A> void log_debug(const char*, A...) const {}
+  template <class... A> void log_info(const char*, A...) const {}
+  template <class... A> void log_error(const char*, A...) const {}
+  template <class... A> void log_fault(const char*, A...) const {}
+};
+
 // ---- atomics: device atomics race across worker threads for real, so they map onto real atomics.
 enum memory_order { memory_order_relaxed = __ATOMIC_RELAXED };
 template <class T> struct atomic { T v; };
@@ -592,3 +762,40 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #define M_SQRT2_F 1.41421356237309504880f
 #define M_SQRT1_2_F 0.707106781186547524401f
 #define METAL_FUNC inline __attribute__((always_inline))
+
+// ---- Apple's builtin spellings, which public headers (MLX's bf16_math.h) call directly. The last
+// argument of the math ones says fast or precise; the host computes in IEEE float either way.
+#define __METAL_MAYBE_FAST_MATH__ false
+#define __METAL_FAST_MATH__ true
+#define __METAL_PRECISE_MATH__ false
+#define APROTO_MATH_BUILTIN(name)                                                                     \
+  template <class T> inline auto __metal_##name(T x, bool) { return ::metal::name(x); }            \
+  template <class T> inline auto __metal_##name(T x, T y, bool) { return ::metal::name(x, y); }    \
+  template <class T> inline auto __metal_##name(T x, T y, T z, bool) { return ::metal::name(x, y, z); }
+APROTO_MATH_BUILTIN(fabs) APROTO_MATH_BUILTIN(acos) APROTO_MATH_BUILTIN(acosh) APROTO_MATH_BUILTIN(asin)
+APROTO_MATH_BUILTIN(asinh) APROTO_MATH_BUILTIN(atan) APROTO_MATH_BUILTIN(atan2) APROTO_MATH_BUILTIN(atanh)
+APROTO_MATH_BUILTIN(ceil) APROTO_MATH_BUILTIN(cos) APROTO_MATH_BUILTIN(cosh) APROTO_MATH_BUILTIN(cospi)
+APROTO_MATH_BUILTIN(divide) APROTO_MATH_BUILTIN(exp) APROTO_MATH_BUILTIN(exp10) APROTO_MATH_BUILTIN(exp2)
+APROTO_MATH_BUILTIN(floor) APROTO_MATH_BUILTIN(fma) APROTO_MATH_BUILTIN(fmax) APROTO_MATH_BUILTIN(fmax3)
+APROTO_MATH_BUILTIN(fmedian3) APROTO_MATH_BUILTIN(fmin) APROTO_MATH_BUILTIN(fmin3) APROTO_MATH_BUILTIN(fmod)
+APROTO_MATH_BUILTIN(fract) APROTO_MATH_BUILTIN(log) APROTO_MATH_BUILTIN(log10) APROTO_MATH_BUILTIN(log2)
+APROTO_MATH_BUILTIN(pow) APROTO_MATH_BUILTIN(powr) APROTO_MATH_BUILTIN(rint) APROTO_MATH_BUILTIN(round)
+APROTO_MATH_BUILTIN(rsqrt) APROTO_MATH_BUILTIN(sin) APROTO_MATH_BUILTIN(sinh) APROTO_MATH_BUILTIN(sinpi)
+APROTO_MATH_BUILTIN(sqrt) APROTO_MATH_BUILTIN(tan) APROTO_MATH_BUILTIN(tanh) APROTO_MATH_BUILTIN(tanpi)
+APROTO_MATH_BUILTIN(trunc)
+#undef APROTO_MATH_BUILTIN
+template <class T> inline T __metal_frexp(T x, int* e) { return ::metal::frexp(x, *e); }
+template <class T> inline T __metal_ldexp(T x, int k, bool) { return ::metal::ldexp(x, k); }
+template <class T> inline T __metal_nextafter(T x, T y) { return ::metal::nextafter(x, y); }
+// SIMD builtins: the call site (for which lanes meet) is the wrapper's caller, as with any helper.
+#define APROTO_SIMD_BUILTIN(name)                                                                      \
+  template <class... A> inline auto __metal_##name(A... a) -> decltype(::metal::name(a...)) { return ::metal::name(a...); }
+APROTO_SIMD_BUILTIN(simd_broadcast) APROTO_SIMD_BUILTIN(simd_shuffle) APROTO_SIMD_BUILTIN(simd_shuffle_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_up) APROTO_SIMD_BUILTIN(simd_shuffle_xor) APROTO_SIMD_BUILTIN(simd_shuffle_rotate_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_rotate_up) APROTO_SIMD_BUILTIN(simd_shuffle_and_fill_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_and_fill_up) APROTO_SIMD_BUILTIN(simd_max) APROTO_SIMD_BUILTIN(simd_min)
+APROTO_SIMD_BUILTIN(simd_sum) APROTO_SIMD_BUILTIN(simd_product) APROTO_SIMD_BUILTIN(simd_broadcast_first)
+APROTO_SIMD_BUILTIN(simd_prefix_exclusive_product) APROTO_SIMD_BUILTIN(simd_prefix_exclusive_sum)
+APROTO_SIMD_BUILTIN(simd_prefix_inclusive_product) APROTO_SIMD_BUILTIN(simd_prefix_inclusive_sum)
+#undef APROTO_SIMD_BUILTIN
+template <class T> inline T __metal_get_simdgroup_size(T) { return (T)APROTO_SIMD_WIDTH; }

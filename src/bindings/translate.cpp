@@ -1,0 +1,21 @@
+// Bindings of the MSL front end: what a source defines, without compiling it.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "host/translate.hpp"
+#include "runtime/source.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+void init_translate(nb::module_& m) {
+  m.def(
+      "kernel_names",
+      [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs) {
+        aproto::Source source{text, path, include_dirs};
+        return aproto::host::kernel_names(aproto::resolve_includes(source), path.empty() ? "<source>" : path);
+      },
+      "source"_a, "path"_a, "include_dirs"_a,
+      "The kernel names an MSL source publishes (template instances under their [[host_name]]), in source order.");
+}
