@@ -19,7 +19,10 @@ const std::set<std::string>& vector_types() {
     std::set<std::string> s;
     for (const char* base : {"float", "half", "bfloat", "int", "uint", "short", "ushort", "char", "uchar", "bool",
                              "long", "ulong"})
-      for (int n = 2; n <= 4; n++) s.insert(std::string(base) + std::to_string(n));
+      for (int n = 2; n <= 4; n++) {
+        s.insert(std::string(base) + std::to_string(n));
+        if (n != 3) s.insert("packed_" + std::string(base) + std::to_string(n));  // packed_T3 is a struct
+      }
     return s;
   }();
   return names;
@@ -114,6 +117,7 @@ class Translator {
     rewrite_address_space_members();
     rewrite_threadgroup_declarations();
     drop_attributes();
+    rewrite_template_casts();
     rewrite_qualifiers_and_conversions();
     std::string out = "#include \"aproto_metal.hpp\"\n";
     for (const auto& tok : t_) out += tok.out;
@@ -148,6 +152,7 @@ class Translator {
   std::vector<KernelParameter> params_;
   std::vector<std::pair<size_t, size_t>> unused_;  // sig ranges of other kernels' bodies and instances
   uint32_t threadgroup_sites_ = 0;
+  std::vector<std::pair<size_t, std::string>> prefixes_, suffixes_;  // text around tokens, added last
 
   const Token& s(size_t k) const { return t_[sig_[k]]; }
   Token& sm(size_t k) { return t_[sig_[k]]; }
@@ -851,18 +856,21 @@ class Translator {
     return 0;
   }
 
-  // MSL converts a `bool4` (a vector comparison) to 1 / 0; clang's vector comparisons give -1 / 0
-  // integer vectors. An argument (between open and close) that is a comparison, and not the condition
-  // of a ?:, is refused rather than converted to -1.
-  void reject_comparison(size_t open, size_t close, const std::string& what) const {
+  // MSL converts a comparison (a bool, or a bool vector) to 1 / 0; clang's vector comparisons give
+  // -1 / 0 integer masks. An argument between open and close that is a comparison (and not the
+  // condition of a ?:) is wrapped in msl_bool(), which gives MSL's values.
+  void wrap_comparisons(size_t open, size_t close) {
     int depth = 0;
     bool compare = false, ternary = false;
+    size_t first = open + 1;
     for (size_t j = open + 1; j <= close; j++) {
       if (j == close || (depth == 0 && s(j).text == ",")) {
-        if (compare && !ternary)
-          error(open, what + " of a comparison: the host backend's vector comparisons give integer vectors "
-                      "(-1 / 0), not MSL's bool vectors (1 / 0); use select(a, b, cond) instead");
+        if (compare && !ternary && j > first) {
+          prefixes_.push_back({first, "::metal::msl_bool("});
+          suffixes_.push_back({j - 1, ")"});
+        }
         compare = ternary = false;
+        first = j + 1;
         continue;
       }
       const std::string& w = s(j).text;
@@ -881,6 +889,48 @@ class Translator {
     }
   }
 
+  // A cast's operand [from, end) that is a comparison, or one in parentheses, gets MSL's values.
+  void wrap_cast_operand(size_t from, size_t end) {
+    if (is(from, "(") && match(from) == end - 1) wrap_comparisons(from, end - 1);
+    else wrap_comparisons(from - 1, end);
+  }
+
+  // Inside a template, `T(x)`, `(T)x` and static_cast<T>(x) with T a type parameter convert with MSL's
+  // rules whatever T turns out to be (on clang vectors they would be bit casts): msl_make / msl_convert.
+  void rewrite_template_casts() {
+    for (size_t k = 0; k + 1 < sig_.size(); k++) {
+      if (!is(k, "template") || !is(k + 1, "<") || s(k).consumed) continue;
+      const size_t close = match(k + 1);
+      std::set<std::string> types;
+      for (auto [a, b] : split_top_level(k + 2, close)) {
+        size_t end = a;
+        while (end < b && !is(end, "=")) end++;
+        if ((is(a, "typename") || is(a, "class")) && end == a + 2 && s(a + 1).kind == Kind::Ident) types.insert(s(a + 1).text);
+      }
+      if (types.empty()) continue;
+      const size_t end = declaration_end(k, sig_.size());
+      for (size_t j = close + 1; j <= end && j < sig_.size(); j++) {
+        if (s(j).consumed || s(j).kind != Kind::Ident || !types.count(s(j).text)) continue;
+        const std::string& name = s(j).text;
+        const bool member = is(j - 1, ".") || is(j - 1, "->") || is(j - 1, "::") || is(j - 1, "operator");
+        if (is(j + 1, "(") && !member && !is(j + 2, "*") && !is(j + 2, "&")) {
+          wrap_comparisons(j + 1, match(j + 1));
+          sm(j).out = "::metal::msl_make<" + name + ">";
+          sm(j).consumed = true;
+        } else if (is(j - 1, "(") && is(j + 1, ")") && !is(j - 2, "sizeof") && !is(j - 2, "alignof") &&
+                   !is(j - 2, "decltype") && !consumed(j - 1, j + 1)) {
+          const size_t operand_end = cast_operand_end(j + 2);
+          if (operand_end == 0) continue;
+          wrap_cast_operand(j + 2, operand_end);
+          blank(j - 1, j + 1, "::metal::msl_convert<" + name + ">(");
+          suffixes_.push_back({operand_end - 1, ")"});
+        } else if (is(j - 1, "<") && is(j - 2, "static_cast") && is(j + 1, ">") && !consumed(j - 2, j + 1)) {
+          blank(j - 2, j + 1, "::metal::msl_convert<" + name + ">");
+        }
+      }
+    }
+  }
+
   void rewrite_qualifiers_and_conversions() {
     for (size_t k = 0; k < sig_.size(); k++) {
       Token& tok = sm(k);
@@ -894,22 +944,25 @@ class Translator {
         tok.out = half_literal(tok.text);
       } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
         if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
-          reject_comparison(k + 1, match(k + 1), tok.text + "(...)");
+          wrap_comparisons(k + 1, match(k + 1));
           tok.out = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
         } else if (is_vector_cast(k) && !consumed(k - 1, k + 1) &&
                    !(k > 1 && (is(k - 2, "sizeof") || is(k - 2, "alignof") || is(k - 2, "decltype")))) {
           // (float4)x converts in MSL but bit-casts clang vectors: -> convert<float4>(x)
           const size_t end = cast_operand_end(k + 2);
           if (end == 0) continue;  // not a cast: e.g. a parameter list `(float4)`
-          reject_comparison(k + 1, end, "(" + tok.text + ")");
+          wrap_cast_operand(k + 2, end);
           blank(k - 1, k + 1, "::metal::convert<" + s(k).text + ">(");
-          sm(end - 1).out += ")";
+          suffixes_.push_back({end - 1, ")"});
         } else if (k >= 2 && is(k - 1, "<") && s(k - 2).text == "static_cast" && is(k + 1, ">") &&
                    !consumed(k - 2, k + 1)) {
           blank(k - 2, k + 1, "::metal::convert<" + s(k).text + ">");  // static_cast<float4>(x)
         }
       }
     }
+    // wrappers last: the loop above rewrites the tokens they wrap
+    for (const auto& [k, text] : prefixes_) sm(k).out = text + sm(k).out;
+    for (const auto& [k, text] : suffixes_) sm(k).out += text;
   }
 
   // The kernel's entry point. Parameter types come from the function's own type (through

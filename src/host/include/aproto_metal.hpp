@@ -30,6 +30,25 @@ APROTO_VEC_TYPES(int, int) APROTO_VEC_TYPES(uint, uint) APROTO_VEC_TYPES(short, 
 APROTO_VEC_TYPES(ushort, ushort) APROTO_VEC_TYPES(char, char) APROTO_VEC_TYPES(uchar, uchar)
 APROTO_VEC_TYPES(bool, bool) APROTO_VEC_TYPES(long, long) APROTO_VEC_TYPES(ulong, ulong)
 #undef APROTO_VEC_TYPES
+// packed_T2 / packed_T4: the same vectors aligned like their scalar (so they pack in structs and
+// buffers); packed_T3 is 3 scalars (12 bytes for float, where float3 takes 16), with element access.
+#define APROTO_PACKED_TYPES(T, P)                                                     \
+  typedef T packed_##P##2 __attribute__((ext_vector_type(2), aligned(sizeof(T))));    \
+  typedef T packed_##P##4 __attribute__((ext_vector_type(4), aligned(sizeof(T))));    \
+  struct packed_##P##3 {                                                              \
+    T x, y, z;                                                                        \
+    packed_##P##3() = default;                                                        \
+    packed_##P##3(T a, T b, T c) : x(a), y(b), z(c) {}                                \
+    packed_##P##3(aproto_vec<T, 3> v) : x(v.x), y(v.y), z(v.z) {}                     \
+    operator aproto_vec<T, 3>() const { return aproto_vec<T, 3>{x, y, z}; }          \
+    T& operator[](int i) { return (&x)[i]; }                                          \
+    const T& operator[](int i) const { return (&x)[i]; }                              \
+  };
+APROTO_PACKED_TYPES(float, float) APROTO_PACKED_TYPES(half, half) APROTO_PACKED_TYPES(bfloat, bfloat)
+APROTO_PACKED_TYPES(int, int) APROTO_PACKED_TYPES(uint, uint) APROTO_PACKED_TYPES(short, short)
+APROTO_PACKED_TYPES(ushort, ushort) APROTO_PACKED_TYPES(char, char) APROTO_PACKED_TYPES(uchar, uchar)
+APROTO_PACKED_TYPES(long, long) APROTO_PACKED_TYPES(ulong, ulong)
+#undef APROTO_PACKED_TYPES
 
 namespace aproto_rt {
 inline const aproto_runtime* g_rt = nullptr;
@@ -167,8 +186,29 @@ template <class V, class... A> inline V vmake(A... a) {
 // static_cast<float4>(v) and (float4)v are conversions in MSL but bit casts on clang vectors;
 // the translator rewrites both into convert<float4>(v).
 template <class V, class A> inline V convert(A a) {
-  if constexpr (aproto_rt::is_vec<A>) return __builtin_convertvector(a, V);
+  if constexpr (aproto_rt::is_vec<A> && !std::is_same_v<typename vinfo<A>::elem, bool>) return __builtin_convertvector(a, V);
   else return vmake<V>(a);
+}
+// A comparison with MSL's values, 1 / 0 (clang's vector comparisons give -1 / 0 masks). The translator
+// wraps comparisons that are converted, so float4(a > b) gives 1 / 0. An integer vector, not a bool
+// one: clang miscompiles bool vectors at -O2.
+template <class T> inline auto msl_bool(T v) {
+  if constexpr (aproto_rt::is_vec<T>) {
+    T r;
+    for (int i = 0; i < vinfo<T>::n; i++) r[i] = v[i] != 0 ? 1 : 0;
+    return r;
+  } else {
+    return (bool)v;
+  }
+}
+// T(args) and (T)a where T is a template parameter: vector rules for a vector T, C++ ones otherwise.
+template <class T, class... A> inline T msl_make(A... a) {
+  if constexpr (aproto_rt::is_vec<T>) return vmake<T>(a...);
+  else return T(a...);
+}
+template <class T, class A> inline T msl_convert(A a) {
+  if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
+  else return (T)a;
 }
 template <class To, class From> inline To as_type(From f) {
   static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
