@@ -34,11 +34,15 @@ const std::set<std::string>& scalar_types() {
   return names;
 }
 
-// 1.0h, 2h, 1e-3h -> half(...); any other number unchanged.
-std::string half_literal(const std::string& w) {
+// A number as MSL reads it: 1.0h, 2h, 1e-3h -> half(...); 0.5 and 1e3 -> 0.5f, 1e3f (MSL has no
+// double: an unsuffixed floating literal is a float); anything else unchanged.
+std::string msl_literal(const std::string& w) {
   char last = w.back();
   bool hex = w.size() > 1 && w[0] == '0' && (w[1] == 'x' || w[1] == 'X');
-  return (last == 'h' || last == 'H') && !hex ? "half(" + w.substr(0, w.size() - 1) + ")" : w;
+  if (hex) return w;
+  if (last == 'h' || last == 'H') return "half(" + w.substr(0, w.size() - 1) + ")";
+  const bool floating = w.find_first_of(".eE") != std::string::npos;
+  return floating && (std::isdigit((unsigned char)last) || last == '.') ? w + "f" : w;
 }
 
 const std::map<std::string, std::string>& position_attributes() {
@@ -114,7 +118,7 @@ class Translator {
     // declarations stay, for `decltype(f<T>)` typedefs), and so do the other instances. That
     // halves the compile time of a file with a kernel per dtype.
     for (const auto& [from, to] : unused_) blank(from, to, sm(from).text == "{" ? ";" : "");
-    rewrite_address_space_members();
+    rewrite_address_space_overloads();
     rewrite_threadgroup_declarations();
     drop_attributes();
     rewrite_template_casts();
@@ -231,14 +235,30 @@ class Translator {
     return "";
   }
 
+  // The `[[` of the attribute list in which the `kernel` at sig position k is an attribute of its own,
+  // or k when it is the keyword.
+  size_t attribute_list_around(size_t k) const {
+    if (!(is(k - 1, "[") || is(k - 1, ",")) || !(is(k + 1, "]") || is(k + 1, ","))) return k;
+    int depth = 0;
+    for (size_t j = k; j-- > 1;) {
+      if (is(j, ")")) depth++;
+      else if (is(j, "(")) depth--;
+      else if (depth == 0 && is(j, "[") && is(j - 1, "[")) return j - 1;
+      else if (depth == 0 && (is(j, ";") || is(j, "{") || is(j, "}") || is(j, "]"))) break;
+    }
+    return k;
+  }
+
   // Every kernel, kernel template and published instance of the source.
   void discover() {
     for (size_t k = 0; k + 2 < sig_.size(); k++) {
-      const bool kw = s(k).text == "kernel" && s(k).kind == Kind::Ident && !(k > 0 && is(k - 1, "["));
-      const bool attr = s(k).text == "kernel" && k >= 2 && is(k - 1, "[") && is(k - 2, "[") && is(k + 1, "]");
-      if (!kw && !attr) continue;
+      if (s(k).text != "kernel" || s(k).kind != Kind::Ident) continue;
+      // `kernel`, or the attribute in `[[kernel]]` / `[[kernel, max_total_threads_per_threadgroup(n)]]`
+      const size_t list = attribute_list_around(k);
+      const bool attr = list != k;
+      size_t list_end = attr ? match(list) : k;
       // back over attribute lists and `template` / `template <...>`
-      size_t start = attr ? k - 2 : k, a;
+      size_t start = attr ? list : k, a;
       while (start > 0 && attribute_before(start - 1, a)) start = a;
       size_t attrs_from = start;
       bool templ = false, instance = false;
@@ -252,7 +272,7 @@ class Translator {
           start = open - 1;
         }
       }
-      size_t after = attr ? k + 3 : k + 1;
+      size_t after = attr ? list_end + 1 : k + 1;
       if (instance) {
         add_instance(start, attrs_from, after);
         continue;
@@ -270,8 +290,8 @@ class Translator {
       d.body_close = match(body);
       d.is_template = templ;
       if (templ) d.template_params = template_parameters(start + 1);
-      for (size_t j = attrs_from; j + 2 < (attr ? k - 2 : k); j++)
-        if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "("))
+      for (size_t j = attrs_from; j + 2 < after; j++)
+        if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "(") && is(j + 3, ")"))
           d.max_threads = std::strtoul(s(j + 2).text.c_str(), nullptr, 0);
       if (!templ) {
         std::string host = host_name_in(attrs_from, k);
@@ -733,85 +753,105 @@ class Translator {
     error(k, "unbalanced ')'");
   }
 
-  // `complex_t() threadgroup : ...`, `void log(...) const constant {}`: member functions overloaded
-  // by the address space of `this`. The host has one address space, where such an overload
-  // duplicates the thread (or unqualified) one: it goes. With no such twin, the first overload stays,
-  // without its qualifier.
-  void rewrite_address_space_members() {
-    struct Member {
-      size_t from, to, qualifier;
-      std::string key;  // scope, name, parameters and cv-qualifiers: what tells overloads apart here
-      bool thread;
-    };
-    std::vector<Member> members;
-    for (size_t k = 1; k + 2 < sig_.size(); k++) {
-      if (!is(k, ")") || s(k).consumed) continue;
-      size_t q = k + 1;
-      std::string cv;
-      while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
-      if (!is_address_space(s(q).text)) continue;
-      const std::string& next = s(q + 1).text;
-      if (!(next == "{" || next == ":" || next == ";" || next == "=" || next == "noexcept" || next == "->")) continue;
-      size_t open = match_back_paren(k);
-      if (open == 0 || s(open - 1).kind != Kind::Ident) continue;
-      size_t from = open - 1;
-      while (from > 0 && !is(from - 1, ";") && !is(from - 1, "{") && !is(from - 1, "}") &&
-             !(is(from - 1, ":") && (is(from - 2, "public") || is(from - 2, "private") || is(from - 2, "protected"))))
-        from--;
-      size_t to = q + 1;
-      bool init_list = false;
-      for (int depth = 0; to < sig_.size(); to++) {
-        if (is(to, "(") || is(to, "[")) depth++;
-        else if (is(to, ")") || is(to, "]")) depth--;
-        else if (depth == 0 && is(to, ":")) init_list = true;
-        else if (depth == 0 && is(to, ";")) break;
-        else if (depth == 0 && is(to, "{")) {
-          if (init_list && (s(to - 1).kind == Kind::Ident || is(to - 1, ">"))) { to = match(to); continue; }  // a{0}
-          to = match(to);
+  // Functions overloaded on address spaces: `complex_t() threadgroup` beside `complex_t() thread`,
+  // `operator+=(thread T& a, ...)` beside `operator+=(device T& a, ...)`. The host has one address
+  // space, where such overloads are one function defined twice: the thread (or unqualified) one
+  // stays, else the first; the others go. The address space of `this` goes from every member.
+  struct FunctionDef {
+    size_t from, to, qualifier;  // whole definition; address space after `)` (0: none)
+    std::string key;             // scope, cv, and the head to `)` without address spaces
+    bool thread;                 // the overload for thread memory (or for no address space)
+  };
+
+  // The function definition whose parameter list closes at sig position k (`)`), or false.
+  bool function_definition_at(size_t k, FunctionDef& f) const {
+    size_t q = k + 1;
+    std::string cv;
+    while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
+    f.qualifier = is_address_space(s(q).text) ? q : 0;
+    const size_t after = f.qualifier ? q + 1 : q;
+    const size_t open = match_back_paren(k);
+    if (open == 0) return false;
+    size_t name = open - 1;  // `f`, `S<T>` (a constructor), `operator+=`
+    if (is(name, ">")) name = match_back_angle(name) - 1;
+    for (size_t b = open - 1, n = 0; n < 3 && b > 0 && s(b).kind == Kind::Punct; n++, b--)
+      if (is(b - 1, "operator")) name = b - 1;
+    static const std::set<std::string> statements = {"if", "for", "while", "switch", "return", "sizeof", "catch"};
+    if (s(name).kind != Kind::Ident || statements.count(s(name).text)) return false;
+    // a definition: a body, `= default` / `= delete`, or a constructor's initializer list
+    const std::string& before = name > 0 ? s(name - 1).text : ";";
+    const bool head_start = before == ";" || before == "{" || before == "}" || before == ">" || before == ":" ||
+                            s(name - 1).kind == Kind::Ident || before == "&" || before == "*";
+    const bool body = is(after, "{") || (is(after, "=") && (is(after + 1, "default") || is(after + 1, "delete"))) ||
+                      (is(after, ":") && head_start && !is(after + 1, ":"));
+    if (!body || !head_start) return false;
+    f.from = name;
+    while (f.from > 0 && !is(f.from - 1, ";") && !is(f.from - 1, "{") && !is(f.from - 1, "}") &&
+           !(is(f.from - 1, ":") && (is(f.from - 2, "public") || is(f.from - 2, "private") || is(f.from - 2, "protected"))))
+      f.from--;
+    f.to = after;
+    for (int depth = 0; f.to < sig_.size(); f.to++) {  // past an initializer list to the body's end or `;`
+      if (is(f.to, "(") || is(f.to, "[")) depth++;
+      else if (is(f.to, ")") || is(f.to, "]")) depth--;
+      else if (depth == 0 && is(f.to, ";")) break;
+      else if (depth == 0 && is(f.to, "{")) {
+        if (is(f.to - 1, "=") || !(s(f.to - 1).kind == Kind::Ident || is(f.to - 1, ">")) || f.to == after) {
+          f.to = match(f.to);
           break;
         }
-      }
-      size_t scope = from;  // the `{` of the enclosing class
-      for (int depth = 0; scope-- > 0;) {
-        if (is(scope, "}")) depth++;
-        else if (is(scope, "{") && depth-- == 0) break;
-      }
-      std::string key = std::to_string(scope) + " " + s(open - 1).text + " " + cv;
-      for (size_t j = open; j <= k; j++) key += s(j).text + " ";
-      members.push_back({from, to, q, key, s(q).text == "thread"});
-    }
-    std::set<std::string> has_thread_twin;
-    for (const auto& m : members)
-      if (m.thread) has_thread_twin.insert(m.key);
-    std::set<std::string> kept;
-    for (const auto& m : members) {
-      if (m.thread) {
-        blank(m.qualifier, m.qualifier, "");
-      } else if (has_thread_twin.count(m.key) || kept.count(m.key) || unqualified_twin(m.from, m.key)) {
-        blank(m.from, m.to, "");
-      } else {
-        blank(m.qualifier, m.qualifier, "");
-        kept.insert(m.key);
+        f.to = match(f.to);  // a member's brace initializer `a{0}`
       }
     }
+    size_t scope = f.from;  // the `{` of the enclosing class or namespace (sig_.size(): file scope)
+    for (int depth = 0; scope-- > 0;) {
+      if (is(scope, "}")) depth++;
+      else if (is(scope, "{") && depth-- == 0) break;
+    }
+    if (scope > f.from) scope = sig_.size();
+    bool spaces = f.qualifier != 0, other_space = f.qualifier && !is(f.qualifier, "thread");
+    f.key = std::to_string(scope) + " " + cv;
+    for (size_t j = f.from; j <= k; j++) {  // template head, return type, name, parameters
+      if (is_address_space(s(j).text)) {
+        spaces = true;
+        other_space = other_space || s(j).text != "thread";
+        continue;
+      }
+      f.key += s(j).text + " ";
+    }
+    f.thread = !other_space;
+    return spaces;  // only definitions that name an address space can collapse onto another
   }
 
-  // Does the class whose `{` the key names declare the same member without an address space?
-  bool unqualified_twin(size_t from, const std::string& key) const {
-    size_t scope = std::strtoul(key.c_str(), nullptr, 10);
-    if (!is(scope, "{")) return false;
-    size_t end = match(scope);
-    for (size_t j = scope + 1; j + 1 < end; j++) {
-      if (!is(j, "(") || s(j - 1).kind != Kind::Ident || j - 1 == from) continue;
-      size_t close = match(j), q = close + 1;
-      std::string cv;
-      while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
-      if (is_address_space(s(q).text)) continue;
-      std::string other = std::to_string(scope) + " " + s(j - 1).text + " " + cv;
-      for (size_t p = j; p <= close; p++) other += s(p).text + " ";
-      if (other == key) return true;
+  void rewrite_address_space_overloads() {
+    std::vector<FunctionDef> defs;
+    std::set<std::string> keys;
+    for (size_t k = 1; k + 1 < sig_.size(); k++) {
+      FunctionDef f;
+      if (is(k, ")") && !s(k).consumed && function_definition_at(k, f)) {
+        defs.push_back(f);
+        keys.insert(f.key);
+      }
     }
-    return false;
+    // unqualified twins (`f(T& a)` beside `f(device T& a)`) count as the thread overload
+    std::set<std::string> thread_keys;
+    for (const auto& f : defs)
+      if (f.thread) thread_keys.insert(f.key);
+    for (size_t k = 1; k + 1 < sig_.size() && thread_keys.size() < keys.size(); k++) {
+      if (!is(k, ")") || s(k).consumed) continue;
+      FunctionDef f;
+      if (!function_definition_at(k, f) && !f.key.empty() && keys.count(f.key)) thread_keys.insert(f.key);
+    }
+    std::set<std::string> kept;
+    for (const auto& f : defs) {
+      if (s(f.from).consumed) continue;
+      const bool keep = f.thread ? !kept.count(f.key) : !thread_keys.count(f.key) && !kept.count(f.key);
+      if (!keep) {
+        blank(f.from, f.to, "");
+        continue;
+      }
+      kept.insert(f.key);
+      if (f.qualifier) blank(f.qualifier, f.qualifier, "");
+    }
   }
 
   bool is_vector_cast(size_t k) const {  // `( float4 )` with the type at sig position k
@@ -941,7 +981,7 @@ class Translator {
         bool beside_const = (k > 0 && s(k - 1).text == "const") || (k + 1 < sig_.size() && s(k + 1).text == "const");
         tok.out = beside_const ? "" : "const";
       } else if (tok.kind == Kind::Number) {
-        tok.out = half_literal(tok.text);
+        tok.out = msl_literal(tok.text);
       } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
         if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
           wrap_comparisons(k + 1, match(k + 1));
@@ -960,6 +1000,9 @@ class Translator {
         }
       }
     }
+    // static_cast to a scalar or class type: C++'s, but half <-> bfloat goes through float as in MSL
+    for (size_t k = 0; k + 1 < sig_.size(); k++)
+      if (is(k, "static_cast") && is(k + 1, "<") && !s(k).consumed) sm(k).out = "::metal::msl_static_cast";
     // wrappers last: the loop above rewrites the tokens they wrap
     for (const auto& [k, text] : prefixes_) sm(k).out = text + sm(k).out;
     for (const auto& [k, text] : suffixes_) sm(k).out += text;

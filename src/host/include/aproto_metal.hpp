@@ -3,12 +3,11 @@
 // vector types are clang ext_vector_types (swizzles for free), `half` is _Float16, `bfloat` is __bf16.
 // Everything that needs the other GPU threads (barriers, SIMD operations, threadgroup memory) calls
 // the runtime through the C table in aproto_kernel_abi.h. Header-only on purpose: a kernel library
-// links no C++ runtime, so any clang (system or the ziglang wheel) can build it.
+// links no C++ runtime, so any clang (system or the ziglang wheel) can build it. No <cmath>: MSL has no
+// global C math functions, and kernels define their own `erf`, `log1p`, ...
 #pragma once
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -118,7 +117,7 @@ inline const unsigned char* exchange(const T& v, uint32_t& mask, aproto_site sit
 __attribute__((noinline, convergent)) inline void barrier(aproto_site site) { g_rt->threadgroup_barrier(site); }
 template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
   T t;
-  std::memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
+  __builtin_memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
   return t;
 }
 }  // namespace aproto_rt
@@ -201,14 +200,28 @@ template <class T> inline auto msl_bool(T v) {
     return (bool)v;
   }
 }
-// T(args) and (T)a where T is a template parameter: vector rules for a vector T, C++ ones otherwise.
-template <class T, class... A> inline T msl_make(A... a) {
-  if constexpr (aproto_rt::is_vec<T>) return vmake<T>(a...);
-  else return T(a...);
-}
-template <class T, class A> inline T msl_convert(A a) {
+// half <-> bfloat converts in MSL; clang refuses the cast, so it goes through float (exact: float
+// holds both).
+template <class T, class A> constexpr bool half_bfloat_pair =
+    (std::is_same_v<T, half> && std::is_same_v<aproto_rt::bare<A>, bfloat>) ||
+    (std::is_same_v<T, bfloat> && std::is_same_v<aproto_rt::bare<A>, half>);
+// (T)a where T is a template parameter: vector rules for a vector T, C's otherwise.
+template <class T, class A> constexpr T msl_convert(A&& a) {
   if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
+  else if constexpr (half_bfloat_pair<T, A>) return (T)(float)a;
   else return (T)a;
+}
+// static_cast<T>(a) for a T that is no vector type name.
+template <class T, class A> constexpr T msl_static_cast(A&& a) {
+  if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
+  else if constexpr (half_bfloat_pair<T, A>) return static_cast<T>(static_cast<float>(a));
+  else return static_cast<T>(static_cast<A&&>(a));
+}
+// T(args) where T is a template parameter.
+template <class T, class... A> constexpr T msl_make(A&&... a) {
+  if constexpr (aproto_rt::is_vec<T>) return vmake<T>(a...);
+  else if constexpr (sizeof...(A) == 1) return msl_convert<T>(static_cast<A&&>(a)...);
+  else return T(static_cast<A&&>(a)...);
 }
 template <class To, class From> inline To as_type(From f) {
   static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
@@ -269,13 +282,27 @@ template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> max(T a, T 
 template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> min(T a, T b) { return a < b ? a : b; }
 template <class T, int N> inline vec<T, N> max(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = max(a[i], b[i]); return a; }
 template <class T, int N> inline vec<T, N> min(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = min(a[i], b[i]); return a; }
-template <class T, int N> inline vec<T, N> max(vec<T, N> a, T b) { return max(a, (vec<T, N>)b); }
-template <class T, int N> inline vec<T, N> min(vec<T, N> a, T b) { return min(a, (vec<T, N>)b); }
 // fmax/fmin ignore a NaN operand, as IEEE maxNum does.
 template <class T> inline if_scalar_float<T> fmax(T a, T b) { return (T)__builtin_fmaxf((float)a, (float)b); }
 template <class T> inline if_scalar_float<T> fmin(T a, T b) { return (T)__builtin_fminf((float)a, (float)b); }
 template <class T, int N> inline vec<T, N> fmax(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmax(a[i], b[i]); return a; }
 template <class T, int N> inline vec<T, N> fmin(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmin(a[i], b[i]); return a; }
+// A scalar beside a vector is splat, and an integer beside a float type takes that type, as MSL's
+// overloads do for fmax(0, x) with x a float4 (or a float).
+template <class A, class B> constexpr bool int_beside_float =
+    std::is_integral_v<A> && !std::is_integral_v<B> && !aproto_rt::is_vec<B> && !std::is_same_v<A, bool>;
+#define APROTO_MIXED(name)                                                                               \
+  template <class T, int N, class S, std::enable_if_t<!aproto_rt::is_vec<S>, int> = 0>                    \
+  inline auto name(vec<T, N> a, S b) -> decltype(name(a, a)) { return name(a, (vec<T, N>)(T)b); }         \
+  template <class T, int N, class S, std::enable_if_t<!aproto_rt::is_vec<S>, int> = 0>                    \
+  inline auto name(S a, vec<T, N> b) -> decltype(name(b, b)) { return name((vec<T, N>)(T)a, b); }         \
+  template <class A, class B, std::enable_if_t<int_beside_float<A, B>, int> = 0>                          \
+  inline auto name(A a, B b) -> decltype(name(b, b)) { return name((B)a, b); }                           \
+  template <class A, class B, std::enable_if_t<int_beside_float<B, A>, int> = 0>                          \
+  inline auto name(A a, B b) -> decltype(name(a, a)) { return name(a, (A)b); }
+APROTO_MIXED(fmax) APROTO_MIXED(fmin) APROTO_MIXED(max) APROTO_MIXED(min) APROTO_MIXED(pow) APROTO_MIXED(powr)
+APROTO_MIXED(atan2) APROTO_MIXED(fmod) APROTO_MIXED(copysign) APROTO_MIXED(step)
+#undef APROTO_MIXED
 template <class T, class L> inline T clamp(T x, L lo, L hi) { return min(max(x, (T)lo), (T)hi); }
 // Three-operand forms (MSL 2.1): fmax3 / fmin3 ignore NaNs as fmax does; median3 is the middle value.
 template <class T> inline T fmax3(T a, T b, T c) { return fmax(fmax(a, b), c); }
@@ -578,7 +605,7 @@ typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 
-template <class T, int C, int R> inline simdgroup_matrix<T, C, R> make_filled_simdgroup_matrix(T value) {
+template <class T, int C, int R = C> inline simdgroup_matrix<T, C, R> make_filled_simdgroup_matrix(T value) {
   simdgroup_matrix<T, C, R> r;
   for (int i = 0; i < 64; i++) r.m[i] = value;
   return r;
@@ -801,6 +828,18 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #define M_LN10_F 2.30258509299404568402f
 #define M_SQRT2_F 1.41421356237309504880f
 #define M_SQRT1_2_F 0.707106781186547524401f
+#define M_PI_2_F 1.57079632679489661923f
+#define M_PI_4_F 0.785398163397448309616f
+#define M_1_PI_F 0.318309886183790671538f
+#define M_2_PI_F 0.636619772367581343076f
+#define M_2_SQRTPI_F 1.12837916709551257390f
+#define M_PI_H ((half)3.14159265358979323846f)
+#define M_E_H ((half)2.71828182845904523536f)
+#define M_LOG2E_H ((half)1.44269504088896340736f)
+#define M_LN2_H ((half)0.693147180559945309417f)
+#define M_SQRT2_H ((half)1.41421356237309504880f)
+#define M_SQRT1_2_H ((half)0.707106781186547524401f)
+#define M_2_SQRTPI_H ((half)1.12837916709551257390f)
 #define METAL_FUNC inline __attribute__((always_inline))
 
 // ---- Apple's builtin spellings, which public headers (MLX's bf16_math.h) call directly. The last
@@ -808,10 +847,17 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #define __METAL_MAYBE_FAST_MATH__ false
 #define __METAL_FAST_MATH__ true
 #define __METAL_PRECISE_MATH__ false
-#define APROTO_MATH_BUILTIN(name)                                                                     \
-  template <class T> inline auto __metal_##name(T x, bool) { return ::metal::name(x); }            \
-  template <class T> inline auto __metal_##name(T x, T y, bool) { return ::metal::name(x, y); }    \
-  template <class T> inline auto __metal_##name(T x, T y, T z, bool) { return ::metal::name(x, y, z); }
+#define APROTO_MATH_BUILTIN(name)                                                                                \
+  template <class T> inline auto __metal_##name(T x, bool) -> decltype(::metal::name(x)) { return ::metal::name(x); } \
+  template <class T> inline auto __metal_##name(T x, T y, bool) -> decltype(::metal::name(x, y)) {                   \
+    return ::metal::name(x, y);                                                                                   \
+  }                                                                                                               \
+  template <class T> inline auto __metal_##name(T x, T y, T z) -> decltype(::metal::name(x, y, z)) {                 \
+    return ::metal::name(x, y, z);                                                                                \
+  }                                                                                                               \
+  template <class T> inline auto __metal_##name(T x, T y, T z, bool) -> decltype(::metal::name(x, y, z)) {           \
+    return ::metal::name(x, y, z);                                                                                \
+  }
 APROTO_MATH_BUILTIN(fabs) APROTO_MATH_BUILTIN(acos) APROTO_MATH_BUILTIN(acosh) APROTO_MATH_BUILTIN(asin)
 APROTO_MATH_BUILTIN(asinh) APROTO_MATH_BUILTIN(atan) APROTO_MATH_BUILTIN(atan2) APROTO_MATH_BUILTIN(atanh)
 APROTO_MATH_BUILTIN(ceil) APROTO_MATH_BUILTIN(cos) APROTO_MATH_BUILTIN(cosh) APROTO_MATH_BUILTIN(cospi)
@@ -839,3 +885,15 @@ APROTO_SIMD_BUILTIN(simd_prefix_exclusive_product) APROTO_SIMD_BUILTIN(simd_pref
 APROTO_SIMD_BUILTIN(simd_prefix_inclusive_product) APROTO_SIMD_BUILTIN(simd_prefix_inclusive_sum)
 #undef APROTO_SIMD_BUILTIN
 template <class T> inline T __metal_get_simdgroup_size(T) { return (T)APROTO_SIMD_WIDTH; }
+// Bitwise SIMD reductions of a float act on its bits (MLX's bf16_math.h declares simd_xor(bfloat)).
+#define APROTO_SIMD_BITWISE_BUILTIN(name)                                                            \
+  template <class T> inline T __metal_##name(T v) {                                                  \
+    if constexpr (std::is_floating_point_v<T>) {                                                     \
+      using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;                               \
+      return __builtin_bit_cast(T, ::metal::name(__builtin_bit_cast(U, v)));                         \
+    } else {                                                                                         \
+      return ::metal::name(v);                                                                       \
+    }                                                                                                \
+  }
+APROTO_SIMD_BITWISE_BUILTIN(simd_and) APROTO_SIMD_BITWISE_BUILTIN(simd_or) APROTO_SIMD_BITWISE_BUILTIN(simd_xor)
+#undef APROTO_SIMD_BITWISE_BUILTIN
