@@ -154,6 +154,8 @@ class Translator {
   std::string call_;                                  // `f` or `f<A...>`: how the entry point calls it
   std::map<std::string, std::string> template_args_;  // template parameter -> argument text
   std::vector<KernelParameter> params_;
+  std::vector<std::string> conditions_;  // per parameter: the function constant it exists under, or ""
+  std::map<std::string, bool> constant_truth_;  // function constants with a value: is it true (nonzero)?
   std::vector<std::pair<size_t, size_t>> unused_;  // sig ranges of other kernels' bodies and instances
   uint32_t threadgroup_sites_ = 0;
   std::vector<std::pair<size_t, std::string>> prefixes_, suffixes_;  // text around tokens, added last
@@ -419,16 +421,24 @@ class Translator {
     for (auto [k, end] : split_top_level(target_->params_open + 1, target_->params_close)) {
       if (end == k) error(k, "empty kernel parameter");
       KernelParameter p;
+      std::string condition;  // [[function_constant(NAME)]]: the parameter exists when NAME is true
       p.line = s(k).line;
       size_t last = end - 1, decl_end = end;
       size_t attr_start;
       if (attribute_before(last, attr_start)) {
         decl_end = attr_start;
-        size_t a = attr_start + 2;
-        p.attr = s(a).text;
-        if (is(a + 1, "(")) {
-          size_t c = match(a + 1);
-          for (size_t j = a + 2; j < c; j++) p.arg += s(j).text;
+        // [[buffer(1), function_constant(c)]]: the parameter exists only when c is true; it is bound
+        // (and numbered) like any other, so only the location attribute counts here
+        for (auto [a, b] : split_top_level(attr_start + 2, last - 1)) {
+          if (s(a).text == "function_constant") {
+            if (!(is(a + 1, "(") && s(a + 2).kind == Kind::Ident && is(a + 3, ")") && a + 4 == b))
+              error(a, "kernel parameter condition: the host backend reads function_constant(NAME) only");
+            condition = s(a + 2).text;
+            continue;
+          }
+          if (!p.attr.empty()) continue;
+          p.attr = s(a).text;
+          for (size_t j = a + 2; is(a + 1, "(") && j + 1 < b; j++) p.arg += s(j).text;
         }
       }
       if (decl_end == k || s(decl_end - 1).kind != Kind::Ident) error(k, "cannot read this kernel parameter");
@@ -453,6 +463,7 @@ class Translator {
       if ((p.attr == "buffer" || p.attr == "threadgroup") && !indirect)
         error(k, "kernel parameter '" + p.name + "': a [[" + p.attr + "]] parameter must be a pointer or reference");
       params_.push_back(p);
+      conditions_.push_back(condition);
     }
     for (const char* kind : {"buffer", "threadgroup"}) {
       std::set<unsigned long> taken;
@@ -597,6 +608,7 @@ class Translator {
     bool reached_known = false;
     for (size_t k = 0; k + 6 < sig_.size(); k++) {
       if (!(s(k).text == "function_constant" && k >= 3 && is(k - 1, "[") && is(k - 2, "["))) continue;
+      if (is(k + 1, "(") && !is(match(k + 1) + 3, ";")) continue;  // a parameter's condition, not a declaration
       size_t name_pos = k - 3;
       size_t start = name_pos;
       while (start > 0 && s(start - 1).text != "constant") start--;
@@ -626,6 +638,7 @@ class Translator {
       // not here either. The optimiser still folds the value into the code.
       const std::string init = "::aproto_rt::function_constant<" + type + ">(static_cast<" + type + ">(";
       if (value) {
+        constant_truth_[name] = value->type == ConstantValue::Type::Float ? value->f != 0 : value->i != 0;
         repl = "static const " + type + " " + name + " = " + init + value->literal() + ")); " +
                "static constexpr bool " + name + "__aproto_defined = true;";
       } else {
@@ -809,17 +822,41 @@ class Translator {
     }
     if (scope > f.from) scope = sig_.size();
     bool spaces = f.qualifier != 0, other_space = f.qualifier && !is(f.qualifier, "thread");
-    f.key = std::to_string(scope) + " " + cv;
-    for (size_t j = f.from; j <= k; j++) {  // template head, return type, name, parameters
+    f.key = std::to_string(scope) + " " + cv + overload_key(f.from, k + 1, spaces, other_space);
+    f.thread = !other_space;
+    return spaces;  // only definitions that name an address space can collapse onto another
+  }
+
+  // The text of [from, to) as the host compiles it: address spaces gone, `constant` read as const.
+  std::string overload_key(size_t from, size_t to, bool& spaces, bool& other_space) const {
+    std::string key;
+    for (size_t j = from; j < to; j++) {
       if (is_address_space(s(j).text)) {
         spaces = true;
         other_space = other_space || s(j).text != "thread";
+        if (s(j).text == "constant") key += "const ";
         continue;
       }
-      f.key += s(j).text + " ";
+      key += s(j).text + " ";
     }
+    return key;
+  }
+
+  // `template <class T> struct pointer_element<device T*> {...}`: a partial specialization on an
+  // address space, the same thing on the host as the thread one.
+  bool specialization_at(size_t k, FunctionDef& f) const {
+    if (!is(k, "template") || !is(k + 1, "<")) return false;
+    size_t head = match(k + 1) + 1;
+    if (!(is(head, "struct") || is(head, "class")) || s(head + 1).kind != Kind::Ident || !is(head + 2, "<")) return false;
+    size_t args_close = match(head + 2);
+    if (!is(args_close + 1, "{") && !is(args_close + 1, ":")) return false;
+    bool spaces = false, other_space = false;
+    f.from = k;
+    f.to = declaration_end(k, sig_.size());
+    f.qualifier = 0;
+    f.key = "struct " + overload_key(k, args_close + 1, spaces, other_space);
     f.thread = !other_space;
-    return spaces;  // only definitions that name an address space can collapse onto another
+    return spaces;
   }
 
   void rewrite_address_space_overloads() {
@@ -827,7 +864,8 @@ class Translator {
     std::set<std::string> keys;
     for (size_t k = 1; k + 1 < sig_.size(); k++) {
       FunctionDef f;
-      if (is(k, ")") && !s(k).consumed && function_definition_at(k, f)) {
+      if (s(k).consumed) continue;
+      if ((is(k, ")") && function_definition_at(k, f)) || specialization_at(k, f)) {
         defs.push_back(f);
         keys.insert(f.key);
       }
@@ -1008,6 +1046,13 @@ class Translator {
     for (const auto& [k, text] : suffixes_) sm(k).out += text;
   }
 
+  // Does parameter i exist in this pipeline (no condition, or its function constant is true)?
+  bool present(size_t i) const {
+    if (conditions_[i].empty()) return true;
+    auto it = constant_truth_.find(conditions_[i]);
+    return it != constant_truth_.end() && it->second;
+  }
+
   // The kernel's entry point. Parameter types come from the function's own type (through
   // aproto_rt::kernel_fn), so a template instance binds like a plain kernel.
   std::string entry_point() const {
@@ -1017,7 +1062,9 @@ class Translator {
       const KernelParameter& p = params_[i];
       const std::string type = "aproto_arg_<" + std::to_string(i) + ">";
       if (!args.empty()) args += ",\n      ";
-      if (p.attr == "buffer") {
+      if (!present(i)) {  // its function constant is false: Metal leaves it out, and so does the binding
+        args += "::aproto_rt::absent_arg<" + type + ">()";
+      } else if (p.attr == "buffer") {
         args += "::aproto_rt::buffer_arg<" + type + ">(aproto_b_[" + p.arg + "])";
         buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", ::aproto_rt::buffer_min_bytes<" + type +
                    ">(), ::aproto_rt::buffer_align<" + type + ">(), ::aproto_rt::buffer_readonly<" + type + ">()},\n";

@@ -97,6 +97,15 @@ template <class P> constexpr uint64_t buffer_align() {  // what the buffer's add
   else return alignof(pointee<P>);
 }
 template <class P> constexpr int buffer_readonly() { return std::is_const_v<pointee<P>> ? 1 : 0; }
+// A parameter its [[function_constant(c)]] leaves out: a null pointer, or a reference to zeros.
+template <class P> inline P absent_arg() {
+  if constexpr (std::is_reference_v<P>) {
+    alignas(64) static unsigned char zeros[sizeof(pointee<P>) < 64 ? 64 : sizeof(pointee<P>)] = {};
+    return *reinterpret_cast<pointee<P>*>(zeros);
+  } else {
+    return nullptr;
+  }
+}
 
 // Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
 template <class T> inline T& threadgroup_variable(uint32_t index, const char* name) {
@@ -819,7 +828,15 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #ifndef FLT_EPSILON
 #define FLT_EPSILON 1.192092896e-07f
 #endif
+#ifndef INFINITY
+#define INFINITY __builtin_inff()
+#endif
+#ifndef NAN
+#define NAN __builtin_nanf("")
+#endif
 #define HALF_MAX ((half)65504.0f)
+#define HALF_MIN ((half)6.103515625e-05f)
+#define HALF_EPSILON ((half)0.0009765625f)
 #define M_PI_F 3.14159265358979323846f
 #define M_E_F 2.71828182845904523536f
 #define M_LOG2E_F 1.44269504088896340736f
