@@ -19,3 +19,12 @@ def kernels_in(source: str, *, path: str | os.PathLike[str] | None = None,
     if not isinstance(source, str):
         raise TypeError("source must be the MSL text (a str)")
     return list(_core.kernel_names(source, str(path) if path is not None else "", [str(d) for d in include_dirs]))
+
+
+def kernel_parameters(source: str, function: str, *, path: str | os.PathLike[str] | None = None,
+                      include_dirs: Sequence[str | os.PathLike[str]] = ()) -> list[dict[str, object]]:
+    """The parameters of kernel `function` in declaration order: ``type`` (address spaces removed,
+    template arguments in), ``name``, ``attr`` ("buffer", "threadgroup" or a position attribute) and
+    ``arg`` (its index, numbered as Metal numbers parameters that have none), ``line``."""
+    return list(_core.kernel_parameters(source, str(path) if path is not None else "",
+                                        [str(d) for d in include_dirs], function))

@@ -18,4 +18,24 @@ void init_translate(nb::module_& m) {
       },
       "source"_a, "path"_a, "include_dirs"_a,
       "The kernel names an MSL source publishes (template instances under their [[host_name]]), in source order.");
+  m.def(
+      "kernel_parameters",
+      [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
+         const std::string& function) {
+        aproto::Source source{text, path, include_dirs};
+        nb::list out;
+        for (const auto& p : aproto::host::kernel_parameters(aproto::resolve_includes(source), function,
+                                                             path.empty() ? "<source>" : path)) {
+          nb::dict d;
+          d["type"] = p.type;
+          d["name"] = p.name;
+          d["attr"] = p.attr;
+          d["arg"] = p.arg;
+          d["line"] = p.line;
+          out.append(d);
+        }
+        return out;
+      },
+      "source"_a, "path"_a, "include_dirs"_a, "function"_a,
+      "The parameters of a kernel in declaration order, [[buffer(n)]] indices resolved as Metal numbers them.");
 }
