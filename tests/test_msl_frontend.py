@@ -238,6 +238,7 @@ def test_stdlib_surface(backend: str, rng: np.random.Generator) -> None:
 # ------------------------------------------------------------------ C++ forms
 FORMS = src("""
     template <typename T> T id(T x) { return x; }
+    typedef float4 f4;
     kernel void forms(device const char* raw [[buffer(0)]], device float* out [[buffer(1)]],
                       uint i [[thread_position_in_grid]]) {
         if (i != 0) return;
@@ -246,18 +247,20 @@ FORMS = src("""
         half4 h = (half4)v;                               // a cast converts element-wise
         half4 g = half4(w);                               // so does a one-argument constructor
         float4 back = float4((half4)(v + 1.0f));
-        for (int k = 0; k < 4; k++) { out[k] = h[k]; out[4 + k] = g[k]; out[8 + k] = back[k]; }
+        f4 aliased = f4(int4(1, -2, 3, -4)) + (f4)uint4(10, 20, 30, 40);   // aliases convert too
+        for (int k = 0; k < 4; k++) { out[k] = h[k]; out[4 + k] = g[k]; out[8 + k] = back[k]; out[12 + k] = aliased[k]; }
     }""")
 
 
 def test_casts_and_templates_inside_constructors(backend: str, rng: np.random.Generator) -> None:
     data = rng.uniform(-4, 4, 8).astype(np.float32)
-    out = np.full(12, np.nan, np.float32)
+    out = np.full(16, np.nan, np.float32)
     ap.Kernel(FORMS, "forms")(data.view(np.uint8), out, grid=1, threadgroup=1, backend=backend)
     v = data[4:8]
     np.testing.assert_array_equal(out[0:4], v.astype(np.float16))
     np.testing.assert_array_equal(out[4:8], (2 * v).astype(np.float16))
     np.testing.assert_array_equal(out[8:12], (v + 1).astype(np.float16))
+    np.testing.assert_array_equal(out[12:16], [11, 18, 33, 36])
 
 
 def test_a_multi_argument_constructor_takes_its_own_element_type_only() -> None:

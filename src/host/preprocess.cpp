@@ -158,7 +158,6 @@ class Preprocessor {
     define_value("__METAL_VERSION__", "320");  // MSL 3.2, what Metal compiles for an M4 by default
     define_value("__METAL_MACOS__", "1");
     define_value("__HAVE_BFLOAT__", "1");
-    define_value("__HAVE_SIMDGROUP_MATRIX__", "1");
   }
 
   std::vector<Token> run() {

@@ -29,7 +29,7 @@ std::vector<Token> lex(const std::string& src, const std::string& default_file);
 
 // The macro language of the C++ preprocessor run over lexed tokens: #define / #undef, function-like
 // macros with #, ## and __VA_ARGS__, #if / #ifdef / #elif / #else / #endif, #error, and Metal's
-// predefined macros (__METAL_VERSION__ 320, __METAL__, __HAVE_BFLOAT__, ...). Directives it handles
+// predefined macros (__METAL_VERSION__ 320, __METAL__, __METAL_MACOS__, __HAVE_BFLOAT__). Directives it handles
 // and inactive lines become newlines, so lines keep their numbers. Throws CompileError.
 std::vector<Token> preprocess(const std::vector<Token>& tokens);
 

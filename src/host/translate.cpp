@@ -159,6 +159,8 @@ class Translator {
   std::vector<std::pair<size_t, size_t>> unused_;  // sig ranges of other kernels' bodies and instances
   uint32_t threadgroup_sites_ = 0;
   std::vector<std::pair<size_t, std::string>> prefixes_, suffixes_;  // text around tokens, added last
+  mutable std::set<std::string> vector_aliases_;  // typedef / using names of vector types
+  mutable bool aliases_known_ = false;
 
   const Token& s(size_t k) const { return t_[sig_[k]]; }
   Token& sm(size_t k) { return t_[sig_[k]]; }
@@ -892,8 +894,25 @@ class Translator {
     }
   }
 
+  // A vector type's name: float4, packed_half2, or a source's own alias of one (`typedef half4 h4;`,
+  // `using f4 = float4;`), whose constructors and casts convert the same way.
+  bool is_vector_name(const std::string& w) const {
+    if (vector_types().count(w)) return true;
+    if (!aliases_known_) {
+      for (size_t k = 0; k + 3 < sig_.size(); k++) {
+        if (is(k, "typedef") && vector_types().count(s(k + 1).text) && s(k + 2).kind == Kind::Ident && is(k + 3, ";"))
+          vector_aliases_.insert(s(k + 2).text);
+        if (is(k, "using") && s(k + 1).kind == Kind::Ident && is(k + 2, "=") && vector_types().count(s(k + 3).text) &&
+            is(k + 4, ";"))
+          vector_aliases_.insert(s(k + 1).text);
+      }
+      aliases_known_ = true;
+    }
+    return vector_aliases_.count(w) > 0;
+  }
+
   bool is_vector_cast(size_t k) const {  // `( float4 )` with the type at sig position k
-    return k > 0 && is(k - 1, "(") && is(k + 1, ")") && vector_types().count(s(k).text);
+    return k > 0 && is(k - 1, "(") && is(k + 1, ")") && is_vector_name(s(k).text);
   }
 
   // End (exclusive, sig position) of the operand of a C-style cast starting at k: prefix operators
@@ -902,7 +921,7 @@ class Translator {
     while (k < sig_.size()) {
       if (is(k, "-") || is(k, "+") || is(k, "!") || is(k, "~") || is(k, "*") || is(k, "&")) k++;
       else if (k + 2 < sig_.size() && is(k, "(") && is(k + 2, ")") && s(k + 1).kind == Kind::Ident &&
-               (vector_types().count(s(k + 1).text) || scalar_types().count(s(k + 1).text)) &&
+               (is_vector_name(s(k + 1).text) || scalar_types().count(s(k + 1).text)) &&
                !is(k + 3, ";") && !is(k + 3, ")") && !is(k + 3, ","))
         k += 3;  // a nested cast
       else break;
@@ -1020,7 +1039,7 @@ class Translator {
         tok.out = beside_const ? "" : "const";
       } else if (tok.kind == Kind::Number) {
         tok.out = msl_literal(tok.text);
-      } else if (tok.kind == Kind::Ident && vector_types().count(tok.text)) {
+      } else if (tok.kind == Kind::Ident && is_vector_name(tok.text)) {
         if (is(k + 1, "(") && !(k > 0 && (is(k - 1, "operator")))) {
           wrap_comparisons(k + 1, match(k + 1));
           tok.out = "::metal::vmake<" + tok.text + ">";  // float4(...) constructor
