@@ -216,13 +216,16 @@ class Translator {
     }
     return false;
   }
-  // The `<` matching the `>` at sig position k, or k itself when there is none.
-  size_t match_back_angle(size_t k) const {
+  // The opener matching the `)` or `>` at sig position k, or k itself when there is none (a `>` may
+  // be a comparison, so angles stop at a statement's edge).
+  size_t match_back(size_t k) const {
+    const char* open = is(k, ")") ? "(" : "<";
+    const char* close = is(k, ")") ? ")" : ">";
     int depth = 0;
     for (size_t j = k + 1; j-- > 0;) {
-      if (is(j, ">")) depth++;
-      else if (is(j, "<") && --depth == 0) return j;
-      else if (is(j, ";") || is(j, "{") || is(j, "}")) break;
+      if (is(j, close)) depth++;
+      else if (is(j, open) && --depth == 0) return j;
+      else if (*open == '<' && (is(j, ";") || is(j, "{") || is(j, "}"))) break;
     }
     return k;
   }
@@ -270,7 +273,7 @@ class Translator {
         instance = true;
         start--;
       } else if (start > 0 && is(start - 1, ">")) {
-        size_t open = match_back_angle(start - 1);
+        size_t open = match_back(start - 1);
         if (open > 0 && open != start - 1 && is(open - 1, "template")) {
           templ = true;
           start = open - 1;
@@ -293,7 +296,8 @@ class Translator {
       d.body_open = body;
       d.body_close = match(body);
       d.is_template = templ;
-      if (templ) d.template_params = template_parameters(start + 1);
+      if (templ)
+        for (const auto& [name, type] : template_parameters(start + 1)) d.template_params.push_back(name);
       for (size_t j = attrs_from; j + 2 < after; j++)
         if (s(j).text == "max_total_threads_per_threadgroup" && is(j + 1, "(") && is(j + 3, ")"))
           d.max_threads = std::strtoul(s(j + 2).text.c_str(), nullptr, 0);
@@ -319,7 +323,7 @@ class Translator {
       if (is(j, "(")) depth++;
       else if (is(j, ")")) depth--;
       else if (depth == 0 && is(j, ">") && (is(j + 1, ";") || is(j + 1, "("))) {
-        size_t open = match_back_angle(j);
+        size_t open = match_back(j);
         if (open == j || open == 0 || s(open - 1).kind != Kind::Ident) continue;
         in.name = s(open - 1).text;
         in.args_open = open;
@@ -331,24 +335,18 @@ class Translator {
     if (!in.published.empty()) published_.push_back({start, in.published});
   }
 
-  // Names of the parameters of `template < ... >` with `<` at sig position open.
-  std::vector<std::string> template_parameters(size_t open) const {
-    std::vector<std::string> names;
-    size_t close = match(open), from = open + 1;
-    int depth = 0;
-    for (size_t j = open + 1; j <= close; j++) {
-      if (j < close && (is(j, "<") || is(j, "(") || is(j, "["))) depth++;
-      else if (j < close && (is(j, ">") || is(j, ")") || is(j, "]"))) depth--;
-      if (j < close && !(depth == 0 && is(j, ","))) continue;
-      size_t end = from;
-      while (end < j && !is(end, "=")) end++;
-      std::string name;
-      if (end > from && s(end - 1).kind == Kind::Ident && end - 1 > from) name = s(end - 1).text;
+  // The parameters of `template < ... >` with `<` at sig position open: their names ("" for an
+  // unnamed one) and whether each is a type parameter (`typename T`, `class T`).
+  std::vector<std::pair<std::string, bool>> template_parameters(size_t open) const {
+    std::vector<std::pair<std::string, bool>> params;
+    for (auto [a, b] : split_top_level(open + 1, match(open))) {
+      size_t end = a;
+      while (end < b && !is(end, "=")) end++;
+      std::string name = end > a + 1 && s(end - 1).kind == Kind::Ident ? s(end - 1).text : "";
       if (name == "typename" || name == "class") name.clear();
-      names.push_back(name);
-      from = j + 1;
+      params.push_back({name, is(a, "typename") || is(a, "class")});
     }
-    return names;
+    return params;
   }
 
   // Finds the kernel `function_` names (a published name, or a plain kernel's C++ name).
@@ -531,7 +529,7 @@ class Translator {
       if (is(j, "operator")) return {};  // operators are used without their name
       if (!(is(j, "(") || is(j, "=") || is(j, "[") || is(j, "{") || is(j, ";"))) continue;
       size_t n = j - 1;
-      if (is(n, ">")) n = match_back_angle(n) - 1;  // an explicit specialization f<float>(...)
+      if (is(n, ">")) n = match_back(n) - 1;  // an explicit specialization f<float>(...)
       if (n >= h && n < j && s(n).kind == Kind::Ident) return {s(n).text};
       return {};
     }
@@ -758,15 +756,6 @@ class Translator {
       k = close + 1;
     }
   }
-  // The `(` matching the `)` at sig position k.
-  size_t match_back_paren(size_t k) const {
-    int depth = 0;
-    for (size_t j = k + 1; j-- > 0;) {
-      if (is(j, ")")) depth++;
-      else if (is(j, "(") && --depth == 0) return j;
-    }
-    error(k, "unbalanced ')'");
-  }
 
   // Functions overloaded on address spaces: `complex_t() threadgroup` beside `complex_t() thread`,
   // `operator+=(thread T& a, ...)` beside `operator+=(device T& a, ...)`. The host has one address
@@ -785,10 +774,10 @@ class Translator {
     while (is(q, "const") || is(q, "volatile")) cv += s(q++).text + " ";
     f.qualifier = is_address_space(s(q).text) ? q : 0;
     const size_t after = f.qualifier ? q + 1 : q;
-    const size_t open = match_back_paren(k);
-    if (open == 0) return false;
+    const size_t open = match_back(k);
+    if (open == 0 || open == k) return false;
     size_t name = open - 1;  // `f`, `S<T>` (a constructor), `operator+=`
-    if (is(name, ">")) name = match_back_angle(name) - 1;
+    if (is(name, ">")) name = match_back(name) - 1;
     for (size_t b = open - 1, n = 0; n < 3 && b > 0 && s(b).kind == Kind::Punct; n++, b--)
       if (is(b - 1, "operator")) name = b - 1;
     static const std::set<std::string> statements = {"if", "for", "while", "switch", "return", "sizeof", "catch"};
@@ -999,11 +988,8 @@ class Translator {
       if (!is(k, "template") || !is(k + 1, "<") || s(k).consumed) continue;
       const size_t close = match(k + 1);
       std::set<std::string> types;
-      for (auto [a, b] : split_top_level(k + 2, close)) {
-        size_t end = a;
-        while (end < b && !is(end, "=")) end++;
-        if ((is(a, "typename") || is(a, "class")) && end == a + 2 && s(a + 1).kind == Kind::Ident) types.insert(s(a + 1).text);
-      }
+      for (const auto& [name, type] : template_parameters(k + 1))
+        if (type && !name.empty()) types.insert(name);
       if (types.empty()) continue;
       const size_t end = declaration_end(k, sig_.size());
       for (size_t j = close + 1; j <= end && j < sig_.size(); j++) {
