@@ -231,6 +231,34 @@ def test_mlx_softmax(mlx_include: list[str], backend: str, rng: np.random.Genera
     assert_close(out, e / e.sum(axis=1, keepdims=True), rtol=tol, atol=tol * 1e-2, norm=tol)
 
 
+def test_mlx_sdpa_vector_causal_gqa(mlx_include: list[str], backend: str, rng: np.random.Generator) -> None:
+    """MLX's single-token attention (sdpa_vector.h): causal, 2 query heads per KV head, half inputs.
+    Grid and strides as mlx/backend/metal/scaled_dot_product_attention.cpp lays them out: one
+    threadgroup of 32 SIMD-groups per (query head, query position)."""
+    name = "sdpa_vector_float16_t_64_64"
+    k = mlx_kernel(mlx_include, ["sdpa_vector.h"], f'instantiate_kernel("{name}", sdpa_vector, half, 64, 64)\n',
+                   name, has_mask=False, query_transposed=False, do_causal=True, bool_mask=False, float_mask=False,
+                   has_sinks=False)   # `blocks` (26) belongs to the 2-pass kernels: not demanded here
+    q_heads, kv_heads, q_len, n_keys, d = 4, 2, 3, 45, 64
+    q = rng.standard_normal((q_heads, q_len, d)).astype(np.float16)
+    keys = rng.standard_normal((kv_heads, n_keys, d)).astype(np.float16)
+    values = rng.standard_normal((kv_heads, n_keys, d)).astype(np.float16)
+    out = np.full((q_heads, q_len, d), np.nan, np.float16)
+    scale = 1 / np.sqrt(d)
+    k(q, keys, values, out, np.int32(q_heads // kv_heads), np.int32(n_keys), np.uint64(n_keys * d), np.uint64(d),
+      np.uint64(n_keys * d), np.uint64(d), np.float32(scale), grid=(q_heads, q_len, 1), threadgroup=1024,
+      backend=backend)
+    ref = np.empty((q_heads, q_len, d))
+    for h in range(q_heads):
+        kh, vh = keys[h // 2].astype(np.float64), values[h // 2].astype(np.float64)
+        for t in range(q_len):
+            visible = n_keys - q_len + t + 1                    # causal: keys up to this query's position
+            s = kh[:visible] @ q[h, t].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            ref[h, t] = p @ vh[:visible] / p.sum()
+    assert_close(out, ref, rtol=5e-3, atol=2e-3, norm=2e-3)
+
+
 # ------------------------------------------------------------------------------------------ tinygrad
 # Kernels tinygrad's Metal renderer writes (implicit buffer indices); sizes from its `/* n */` comments.
 
