@@ -179,6 +179,22 @@ def test_ggml_kernels_in_inactive_branches_are_not_listed(ggml: dict[str, object
     assert "kernel_mul_mv_f32_f32" in names
 
 
+def test_ggml_flash_attention_vector_kernel_builds(ggml: dict[str, object]) -> None:
+    """fa_vec_f16.metal, llama.cpp's single-query flash attention: `(half4)` / `(float4)` casts of other
+    vector types, function-pointer template parameters, 13 function constants. It builds with the
+    constants ggml_metal_library_get_pipeline_flash_attn_ext_vec passes (numerics need its two-kernel
+    workgroup reduction and are covered by the kernels above and MLX's and candle's attention)."""
+    path = ggml["kernels"] / "fa_vec_f16.metal"  # type: ignore[operator]
+    names = kernels_in(path.read_text(), path=path, include_dirs=ggml["include_dirs"])  # type: ignore[arg-type]
+    assert "kernel_flash_attn_ext_vec_f16_dk64_dv64" in names and len(names) > 30
+    flags = {f"FC_flash_attn_ext_vec_{f}": False for f in ("has_mask", "has_sinks", "has_bias", "has_scap",
+                                                          "has_kvpad", "has_sparse")}
+    k = ggml_kernel(ggml, "fa_vec_f16.metal", "kernel_flash_attn_ext_vec_f16_dk64_dv64", **flags,
+                    FC_flash_attn_ext_vec_ns10=64, FC_flash_attn_ext_vec_ns20=64, FC_flash_attn_ext_vec_nsg=1,
+                    FC_flash_attn_ext_vec_nwg=32)
+    assert k.info("host")["function"] == "kernel_flash_attn_ext_vec_f16_dk64_dv64"
+
+
 # ------------------------------------------------------------------------------------------ MLX
 # MLX's kernel headers (the mlx-metal wheel). Instances are published with MLX's own macro.
 

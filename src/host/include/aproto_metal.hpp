@@ -835,6 +835,8 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #define NAN __builtin_nanf("")
 #endif
 #define HALF_MAX ((half)65504.0f)
+#define MAXHALF HALF_MAX
+#define HUGE_VALH ((half)__builtin_inff())
 #define HALF_MIN ((half)6.103515625e-05f)
 #define HALF_EPSILON ((half)0.0009765625f)
 #define M_PI_F 3.14159265358979323846f
