@@ -362,3 +362,12 @@ def test_candle_sdpa_vector(candle: object, backend: str, rng: np.random.Generat
     p = np.exp(s - s.max(axis=1, keepdims=True))
     ref = np.einsum("hn,hnd->hd", p / p.sum(axis=1, keepdims=True), v)
     assert_close(out, ref, rtol=1e-4, atol=1e-5, norm=1e-5)
+
+
+def test_a_package_that_cannot_be_had_skips_with_the_reason(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setenv("APROTO_CACHE_DIR", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception, match=r"cannot fetch no-such-package==0 .*: simulated failure"):
+        msl_corpus._run([sys.executable, "-c", "import sys; sys.exit('simulated failure')"], "no-such-package==0")
+    assert not (msl_corpus.cache_root() / "anything").exists()
