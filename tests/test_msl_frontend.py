@@ -28,10 +28,11 @@ IMPLICIT = src("""
 
 
 def test_implicit_buffer_indices_take_the_first_free_index(backend: str, rng: np.random.Generator) -> None:
-    params = {p["name"]: (p["attr"], p["arg"], p["type"]) for p in kernel_parameters(IMPLICIT, "axpy")}
-    assert params == {"out": ("buffer", "1", "float*"), "a": ("buffer", "0", "const float&"),
-                      "x": ("buffer", "2", "const float*"), "n": ("buffer", "3", "const uint&"),
-                      "i": ("thread_position_in_grid", "", "uint")}
+    params = {p["name"]: (p["attr"], p["arg"], p["type"], p["address_space"])
+              for p in kernel_parameters(IMPLICIT, "axpy")}
+    assert params == {"out": ("buffer", "1", "float*", "device"), "a": ("buffer", "0", "const float&", "constant"),
+                      "x": ("buffer", "2", "const float*", "device"), "n": ("buffer", "3", "const uint&", "constant"),
+                      "i": ("thread_position_in_grid", "", "uint", "")}
     n = 1001
     x = rng.standard_normal(n).astype(np.float32)
     y = rng.standard_normal(n).astype(np.float32)
@@ -39,6 +40,21 @@ def test_implicit_buffer_indices_take_the_first_free_index(backend: str, rng: np
     ap.Kernel(IMPLICIT, "axpy")(np.float32(1.5), out, x, np.uint32(n), grid=(n + 63) // 64, threadgroup=64,
                                 backend=backend)
     np.testing.assert_allclose(out, 1.5 * x.astype(np.float64) + y, rtol=1e-6, atol=1e-6)
+
+
+def test_parameters_under_a_function_constant_are_left_out_when_it_is_false(backend: str) -> None:
+    source = src("""
+        constant bool has_bias [[function_constant(0)]];
+        kernel void k(device float* out, device const float* bias [[function_constant(has_bias)]],
+                      uint i [[thread_position_in_grid]]) { out[i] = has_bias ? bias[i] : -1.0f; }""")
+    params = kernel_parameters(source, "k")
+    assert [(p["name"], p["arg"], p["condition"]) for p in params[:2]] == [("out", "0", ""), ("bias", "1", "has_bias")]
+    out = np.full(4, np.nan, np.float32)
+    ap.Kernel(source, "k", constants={"has_bias": False})(out, grid=1, threadgroup=4, backend=backend)
+    np.testing.assert_array_equal(out, -1)
+    bias = np.arange(4, dtype=np.float32)
+    ap.Kernel(source, "k", constants={"has_bias": True})(out, bias, grid=1, threadgroup=4, backend=backend)
+    np.testing.assert_array_equal(out, bias)
 
 
 def test_a_value_parameter_without_attribute_is_refused() -> None:

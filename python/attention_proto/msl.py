@@ -24,7 +24,8 @@ def kernels_in(source: str, *, path: str | os.PathLike[str] | None = None,
 def kernel_parameters(source: str, function: str, *, path: str | os.PathLike[str] | None = None,
                       include_dirs: Sequence[str | os.PathLike[str]] = ()) -> list[dict[str, object]]:
     """The parameters of kernel `function` in declaration order: ``type`` (address spaces removed,
-    template arguments in), ``name``, ``attr`` ("buffer", "threadgroup" or a position attribute) and
-    ``arg`` (its index, numbered as Metal numbers parameters that have none), ``line``."""
+    template arguments in), ``name``, ``attr`` ("buffer", "threadgroup" or a position attribute),
+    ``arg`` (its index, numbered as Metal numbers parameters that have none), ``address_space`` as
+    declared, ``condition`` (the function constant under which it exists, or "") and ``line``."""
     return list(_core.kernel_parameters(source, str(path) if path is not None else "",
                                         [str(d) for d in include_dirs], function))

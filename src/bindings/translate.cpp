@@ -31,6 +31,8 @@ void init_translate(nb::module_& m) {
           d["name"] = p.name;
           d["attr"] = p.attr;
           d["arg"] = p.arg;
+          d["address_space"] = p.address_space;
+          d["condition"] = p.condition;
           d["line"] = p.line;
           out.append(d);
         }

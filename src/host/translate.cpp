@@ -154,7 +154,6 @@ class Translator {
   std::string call_;                                  // `f` or `f<A...>`: how the entry point calls it
   std::map<std::string, std::string> template_args_;  // template parameter -> argument text
   std::vector<KernelParameter> params_;
-  std::vector<std::string> conditions_;  // per parameter: the function constant it exists under, or ""
   std::map<std::string, bool> constant_truth_;  // function constants with a value: is it true (nonzero)?
   std::vector<std::pair<size_t, size_t>> unused_;  // sig ranges of other kernels' bodies and instances
   uint32_t threadgroup_sites_ = 0;
@@ -421,7 +420,7 @@ class Translator {
     for (auto [k, end] : split_top_level(target_->params_open + 1, target_->params_close)) {
       if (end == k) error(k, "empty kernel parameter");
       KernelParameter p;
-      std::string condition;  // [[function_constant(NAME)]]: the parameter exists when NAME is true
+      std::string& condition = p.condition;
       p.line = s(k).line;
       size_t last = end - 1, decl_end = end;
       size_t attr_start;
@@ -444,7 +443,7 @@ class Translator {
       if (decl_end == k || s(decl_end - 1).kind != Kind::Ident) error(k, "cannot read this kernel parameter");
       p.name = s(decl_end - 1).text;
       p.type = type_text(k, decl_end - 1);
-      std::string space;  // the parameter's address space
+      std::string& space = p.address_space;
       for (size_t j = k; j < decl_end - 1; j++)
         if (s(j).text == "device" || s(j).text == "constant" || s(j).text == "threadgroup") space = s(j).text;
       const bool indirect = !p.type.empty() && (p.type.back() == '*' || p.type.back() == '&');
@@ -463,7 +462,6 @@ class Translator {
       if ((p.attr == "buffer" || p.attr == "threadgroup") && !indirect)
         error(k, "kernel parameter '" + p.name + "': a [[" + p.attr + "]] parameter must be a pointer or reference");
       params_.push_back(p);
-      conditions_.push_back(condition);
     }
     for (const char* kind : {"buffer", "threadgroup"}) {
       std::set<unsigned long> taken;
@@ -1053,8 +1051,8 @@ class Translator {
 
   // Does parameter i exist in this pipeline (no condition, or its function constant is true)?
   bool present(size_t i) const {
-    if (conditions_[i].empty()) return true;
-    auto it = constant_truth_.find(conditions_[i]);
+    if (params_[i].condition.empty()) return true;
+    auto it = constant_truth_.find(params_[i].condition);
     return it != constant_truth_.end() && it->second;
   }
 

@@ -29,17 +29,20 @@ namespace aproto::host {
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name);
 
-// A kernel parameter as the entry point binds it.
+// One parameter of a kernel as the entry point binds it.
 struct KernelParameter {
-  std::string type;  // C++ type text, address spaces removed, template arguments in ("const float*")
+  std::string type;           // C++ type text, address spaces removed, template arguments in ("const float*")
   std::string name;
-  std::string attr;  // "buffer", "threadgroup", or a thread-position attribute
-  std::string arg;   // the attribute's argument ("0"); implicit indices numbered as Metal numbers them
+  std::string attr;           // "buffer", "threadgroup", or a thread-position attribute
+  std::string arg;            // the attribute's argument ("0"); implicit indices numbered as Metal numbers them
+  std::string address_space;  // as declared: "device", "constant", "threadgroup", or "" (a position)
+  std::string condition;      // [[function_constant(c)]]: the parameter exists only when c is true, else ""
   int line = 0;
 };
 
 // The parameters of kernel `function` (a published host_name or a plain kernel name) in declaration
-// order. `source` is include-resolved, as for translate(). Throws CompileError.
+// order (parse only, no translation); the runtime checks call arguments against them on every backend.
+// `source` is include-resolved, as for translate(). Throws CompileError.
 std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
                                                const std::string& source_name);
 
