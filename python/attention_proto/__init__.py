@@ -21,6 +21,7 @@ from ._core import (
 from ._core import DeviceInfo, LaunchInfo, PipelineInfo
 from .kernel import DispatchTiming, Kernel
 from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
+from .msl import kernels_in
 from .protos.flash_attention import flash_attention, flash_attention_timed
 from .runtime import backends, device_info, shader_dir
 
@@ -52,6 +53,7 @@ __all__ = [
     "flash_attention_timed",
     "in_package_memory",
     "is_page_aligned",
+    "kernels_in",
     "shader_dir",
     "zeros",
 ]

@@ -7,6 +7,7 @@ namespace aproto::bindings {
 void init_runtime(nb::module_& m);
 void init_metal(nb::module_& m);
 void init_protos(nb::module_& m);
+void init_translate(nb::module_& m);
 }  // namespace aproto::bindings
 
 NB_MODULE(_core, m) {
@@ -15,4 +16,5 @@ NB_MODULE(_core, m) {
   aproto::bindings::init_runtime(m);
   aproto::bindings::init_metal(m);
   aproto::bindings::init_protos(m);
+  aproto::bindings::init_translate(m);
 }

@@ -113,7 +113,7 @@ class HostBackend : public Backend {
     PipelineInfo& info = v->info;
     info.function = spec.function;
     info.key = spec.key();
-    info.arguments = kernel_arguments(resolved, spec.function, name);
+    info.arguments = kernel_arguments(resolved, spec.function, name, spec.constants);
     const auto t0 = Clock::now();
     const std::string cpp = host::translate(resolved, spec.function, spec.constants, name);
     const double translate_seconds = seconds_since(t0);

@@ -1,14 +1,20 @@
 // MSL -> C++ translation for the host backend.
 //
 // A kernel source stays unchanged on disk; this turns its text into a C++ translation unit that clang
-// compiles against include/aproto_metal.hpp. The rewrites are the few places where MSL is not C++:
-//  - `constant T NAME [[function_constant(i)]];` becomes a constexpr with the pipeline's value (one
-//    compiled variant per constant set; usable as an array size), is_function_constant_defined() a bool;
+// compiles against include/aproto_metal.hpp. First the preprocessor's macros and conditionals run
+// (preprocess.hpp), so the translator sees what Metal's compiler sees. Then the rewrites are the few
+// places where MSL is not C++:
+//  - kernels are found as Metal publishes them: `kernel void f(...)`, and template instances under
+//    their `[[host_name("...")]]`; the other kernels' bodies and instances go;
+//  - `constant T NAME [[function_constant(i)]];` becomes a value of the pipeline (one compiled variant
+//    per constant set), is_function_constant_defined() a bool; a constant the kernel reaches must have one;
 //  - `threadgroup T name[...];` in a function body becomes a reference to memory shared by the group;
-//  - address-space qualifiers go (`constant` becomes `const`); attributes are dropped;
+//  - address-space qualifiers go (`constant` becomes `const`), and so do member-function overloads on
+//    the address space of `this` that duplicate another; attributes are dropped;
 //  - `1.0h` half literals, `float4(...)` constructors and `(float4)x` / static_cast<float4> conversions,
 //    which on clang vectors would be bit casts, become calls with MSL semantics;
-//  - a generated entry point binds [[buffer(n)]], [[threadgroup(n)]] and thread-position parameters.
+//  - a generated entry point binds [[buffer(n)]], [[threadgroup(n)]] and thread-position parameters,
+//    numbering the ones without an index as Metal does.
 // Lines are preserved, so compiler messages point at the shader's own file:line.
 #pragma once
 #include <string>
@@ -23,21 +29,24 @@ namespace aproto::host {
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
                       const std::string& source_name);
 
-// One parameter of a kernel as declared. `type` is the C++ type text with address spaces removed (e.g.
-// "const float*", "const Params&"), `attr` the attribute ("buffer", "threadgroup", a position
-// attribute), `arg` its argument ("0"), `address_space` the declared one ("device", "constant", ...).
+// One parameter of a kernel as the entry point binds it.
 struct KernelParameter {
-  std::string type;
+  std::string type;           // C++ type text, address spaces removed, template arguments in ("const float*")
   std::string name;
-  std::string attr;
-  std::string arg;
-  std::string address_space;
+  std::string attr;           // "buffer", "threadgroup", or a thread-position attribute
+  std::string arg;            // the attribute's argument ("0"); implicit indices numbered as Metal numbers them
+  std::string address_space;  // as declared: "device", "constant", "threadgroup", or "" (a position)
+  std::string condition;      // [[function_constant(c)]]: the parameter exists only when c is true, else ""
   int line = 0;
 };
 
-// The parameters of kernel `function` in declaration order (parse only, no translation); the runtime
-// checks call arguments against them on every backend. Throws CompileError.
+// The parameters of kernel `function` (a published host_name or a plain kernel name) in declaration
+// order (parse only, no translation); the runtime checks call arguments against them on every backend.
+// `source` is include-resolved, as for translate(). Throws CompileError.
 std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,
                                                const std::string& source_name);
+
+// Every kernel name the source publishes, template instances under their host names, in source order.
+std::vector<std::string> kernel_names(const std::string& source, const std::string& source_name);
 
 }  // namespace aproto::host

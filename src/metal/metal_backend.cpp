@@ -536,7 +536,7 @@ std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const Pip
   info.max_total_threads_per_threadgroup = static_cast<uint32_t>(v->state->maxTotalThreadsPerThreadgroup());
   info.thread_execution_width = static_cast<uint32_t>(v->state->threadExecutionWidth());
   info.static_threadgroup_memory = v->state->staticThreadgroupMemoryLength();
-  info.arguments = kernel_arguments(p.parsed, spec.function, p.name);
+  info.arguments = kernel_arguments(p.parsed, spec.function, p.name, spec.constants);
   s_->pipelines.emplace(p.pipeline_key, v);
   return std::make_shared<MetalPipeline>(v, false);
 }

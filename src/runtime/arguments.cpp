@@ -5,6 +5,7 @@
 #include <map>
 
 #include "host/translate.hpp"
+#include "runtime/source.hpp"
 
 namespace aproto {
 
@@ -48,10 +49,28 @@ std::string numpy_dtype_of(const std::string& element) {
   return "";
 }
 
+namespace {
+
+// Is the boolean function constant `name` true under `constants` (given by name or by index)? A
+// constant without a value is false: the parameter it guards does not exist.
+bool constant_is_true(const std::string& name, const Constants& constants,
+                      const std::map<std::string, uint32_t>& declared) {
+  auto it = constants.find(name);
+  if (it == constants.end()) {
+    auto d = declared.find(name);
+    if (d != declared.end()) it = constants.find("#" + std::to_string(d->second));
+  }
+  return it != constants.end() && (it->second.type == ConstantValue::Type::Float ? it->second.f != 0 : it->second.i != 0);
+}
+
+}  // namespace
+
 std::vector<ArgumentInfo> kernel_arguments(const std::string& text, const std::string& function,
-                                           const std::string& path) {
+                                           const std::string& path, const Constants& constants) {
   std::vector<ArgumentInfo> out;
+  const auto declared = declared_function_constants(text);
   for (const auto& p : host::kernel_parameters(text, function, path.empty() ? "<source>" : path)) {
+    if (!p.condition.empty() && !constant_is_true(p.condition, constants, declared)) continue;
     ArgumentInfo a;
     a.kind = p.attr == "buffer" || p.attr == "threadgroup" ? p.attr : "position";
     a.index = a.kind == "position" ? 0 : uint32_t(std::strtoul(p.arg.c_str(), nullptr, 0));

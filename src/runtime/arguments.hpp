@@ -9,9 +9,10 @@
 namespace aproto {
 
 // The parameters of `function` in the resolved source `text` (parsed by the host translator's front
-// end, which the Metal backend shares so both backends see one signature). Throws CompileError.
+// end, which the Metal backend shares so both backends see one signature). A parameter declared under
+// `[[function_constant(c)]]` exists only when `constants` make c true, as in Metal. Throws CompileError.
 std::vector<ArgumentInfo> kernel_arguments(const std::string& text, const std::string& function,
-                                           const std::string& path);
+                                           const std::string& path, const Constants& constants);
 
 // The numpy dtype name of an MSL element type ("float" -> "float32", "half4" -> "float16",
 // "atomic_uint" -> "uint32"), or "" for types without one (structs, void, templates).

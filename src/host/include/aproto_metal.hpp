@@ -3,12 +3,11 @@
 // vector types are clang ext_vector_types (swizzles for free), `half` is _Float16, `bfloat` is __bf16.
 // Everything that needs the other GPU threads (barriers, SIMD operations, threadgroup memory) calls
 // the runtime through the C table in aproto_kernel_abi.h. Header-only on purpose: a kernel library
-// links no C++ runtime, so any clang (system or the ziglang wheel) can build it.
+// links no C++ runtime, so any clang (system or the ziglang wheel) can build it. No <cmath>: MSL has no
+// global C math functions, and kernels define their own `erf`, `log1p`, ...
 #pragma once
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -30,6 +29,25 @@ APROTO_VEC_TYPES(int, int) APROTO_VEC_TYPES(uint, uint) APROTO_VEC_TYPES(short, 
 APROTO_VEC_TYPES(ushort, ushort) APROTO_VEC_TYPES(char, char) APROTO_VEC_TYPES(uchar, uchar)
 APROTO_VEC_TYPES(bool, bool) APROTO_VEC_TYPES(long, long) APROTO_VEC_TYPES(ulong, ulong)
 #undef APROTO_VEC_TYPES
+// packed_T2 / packed_T4: the same vectors aligned like their scalar (so they pack in structs and
+// buffers); packed_T3 is 3 scalars (12 bytes for float, where float3 takes 16), with element access.
+#define APROTO_PACKED_TYPES(T, P)                                                     \
+  typedef T packed_##P##2 __attribute__((ext_vector_type(2), aligned(sizeof(T))));    \
+  typedef T packed_##P##4 __attribute__((ext_vector_type(4), aligned(sizeof(T))));    \
+  struct packed_##P##3 {                                                              \
+    T x, y, z;                                                                        \
+    packed_##P##3() = default;                                                        \
+    packed_##P##3(T a, T b, T c) : x(a), y(b), z(c) {}                                \
+    packed_##P##3(aproto_vec<T, 3> v) : x(v.x), y(v.y), z(v.z) {}                     \
+    operator aproto_vec<T, 3>() const { return aproto_vec<T, 3>{x, y, z}; }          \
+    T& operator[](int i) { return (&x)[i]; }                                          \
+    const T& operator[](int i) const { return (&x)[i]; }                              \
+  };
+APROTO_PACKED_TYPES(float, float) APROTO_PACKED_TYPES(half, half) APROTO_PACKED_TYPES(bfloat, bfloat)
+APROTO_PACKED_TYPES(int, int) APROTO_PACKED_TYPES(uint, uint) APROTO_PACKED_TYPES(short, short)
+APROTO_PACKED_TYPES(ushort, ushort) APROTO_PACKED_TYPES(char, char) APROTO_PACKED_TYPES(uchar, uchar)
+APROTO_PACKED_TYPES(long, long) APROTO_PACKED_TYPES(ulong, ulong)
+#undef APROTO_PACKED_TYPES
 
 namespace aproto_rt {
 inline const aproto_runtime* g_rt = nullptr;
@@ -58,10 +76,35 @@ template <class T> inline T position(const uint32_t* v) {
   }
 }
 
-// Alignment a buffer bound to a `T*` / `T&` parameter needs (1 for void).
-template <class T> constexpr uint64_t align_of() {
-  if constexpr (std::is_void_v<std::remove_cv_t<T>>) return 1;
-  else return alignof(T);
+// The parameter types of a kernel, read from its function type (the generated entry point binds
+// plain kernels and template instances alike through them).
+template <class F> struct kernel_fn;
+template <class... A> struct kernel_fn<void (*)(A...)> {
+  template <unsigned I> using arg = __type_pack_element<I, A...>;
+};
+// A `T*` / `T&` buffer parameter bound to a buffer's address.
+template <class P> using pointee = std::remove_pointer_t<std::remove_reference_t<P>>;
+template <class P> inline P buffer_arg(void* p) {
+  if constexpr (std::is_reference_v<P>) return *static_cast<pointee<P>*>(p);
+  else return static_cast<P>(p);
+}
+template <class P> constexpr uint64_t buffer_min_bytes() {  // sizeof(T) for `constant T&`, 0 for pointers
+  if constexpr (std::is_reference_v<P>) return sizeof(pointee<P>);
+  else return 0;
+}
+template <class P> constexpr uint64_t buffer_align() {  // what the buffer's address must be a multiple of
+  if constexpr (std::is_void_v<std::remove_cv_t<pointee<P>>>) return 1;
+  else return alignof(pointee<P>);
+}
+template <class P> constexpr int buffer_readonly() { return std::is_const_v<pointee<P>> ? 1 : 0; }
+// A parameter its [[function_constant(c)]] leaves out: a null pointer, or a reference to zeros.
+template <class P> inline P absent_arg() {
+  if constexpr (std::is_reference_v<P>) {
+    alignas(64) static unsigned char zeros[sizeof(pointee<P>) < 64 ? 64 : sizeof(pointee<P>)] = {};
+    return *reinterpret_cast<pointee<P>*>(zeros);
+  } else {
+    return nullptr;
+  }
 }
 
 // Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
@@ -83,7 +126,7 @@ inline const unsigned char* exchange(const T& v, uint32_t& mask, aproto_site sit
 __attribute__((noinline, convergent)) inline void barrier(aproto_site site) { g_rt->threadgroup_barrier(site); }
 template <class T> inline T slot(const unsigned char* slots, uint32_t lane) {
   T t;
-  std::memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
+  __builtin_memcpy(&t, slots + lane * APROTO_SIMD_SLOT_BYTES, sizeof(T));
   return t;
 }
 }  // namespace aproto_rt
@@ -151,8 +194,43 @@ template <class V, class... A> inline V vmake(A... a) {
 // static_cast<float4>(v) and (float4)v are conversions in MSL but bit casts on clang vectors;
 // the translator rewrites both into convert<float4>(v).
 template <class V, class A> inline V convert(A a) {
-  if constexpr (aproto_rt::is_vec<A>) return __builtin_convertvector(a, V);
+  if constexpr (aproto_rt::is_vec<A> && !std::is_same_v<typename vinfo<A>::elem, bool>) return __builtin_convertvector(a, V);
   else return vmake<V>(a);
+}
+// A comparison with MSL's values, 1 / 0 (clang's vector comparisons give -1 / 0 masks). The translator
+// wraps comparisons that are converted, so float4(a > b) gives 1 / 0. An integer vector, not a bool
+// one: clang miscompiles bool vectors at -O2.
+template <class T> inline auto msl_bool(T v) {
+  if constexpr (aproto_rt::is_vec<T>) {
+    T r;
+    for (int i = 0; i < vinfo<T>::n; i++) r[i] = v[i] != 0 ? 1 : 0;
+    return r;
+  } else {
+    return (bool)v;
+  }
+}
+// half <-> bfloat converts in MSL; clang refuses the cast, so it goes through float (exact: float
+// holds both).
+template <class T, class A> constexpr bool half_bfloat_pair =
+    (std::is_same_v<T, half> && std::is_same_v<aproto_rt::bare<A>, bfloat>) ||
+    (std::is_same_v<T, bfloat> && std::is_same_v<aproto_rt::bare<A>, half>);
+// (T)a where T is a template parameter: vector rules for a vector T, C's otherwise.
+template <class T, class A> constexpr T msl_convert(A&& a) {
+  if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
+  else if constexpr (half_bfloat_pair<T, A>) return (T)(float)a;
+  else return (T)a;
+}
+// static_cast<T>(a) for a T that is no vector type name.
+template <class T, class A> constexpr T msl_static_cast(A&& a) {
+  if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
+  else if constexpr (half_bfloat_pair<T, A>) return static_cast<T>(static_cast<float>(a));
+  else return static_cast<T>(static_cast<A&&>(a));
+}
+// T(args) where T is a template parameter.
+template <class T, class... A> constexpr T msl_make(A&&... a) {
+  if constexpr (aproto_rt::is_vec<T>) return vmake<T>(a...);
+  else if constexpr (sizeof...(A) == 1) return msl_convert<T>(static_cast<A&&>(a)...);
+  else return T(static_cast<A&&>(a)...);
 }
 template <class To, class From> inline To as_type(From f) {
   static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
@@ -182,6 +260,12 @@ APROTO_UNARY(atan, __builtin_atanf(x)) APROTO_UNARY(sinh, __builtin_sinhf(x))
 APROTO_UNARY(cosh, __builtin_coshf(x)) APROTO_UNARY(tanh, __builtin_tanhf(x))
 APROTO_UNARY(saturate, __builtin_fminf(__builtin_fmaxf(x, 0.0f), 1.0f))
 APROTO_UNARY(sign, x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f))
+APROTO_UNARY(asinh, __builtin_asinhf(x)) APROTO_UNARY(acosh, __builtin_acoshf(x))
+APROTO_UNARY(atanh, __builtin_atanhf(x))
+// sinpi(x) = sin(pi x): the product in double, so large arguments keep their precision
+APROTO_UNARY(sinpi, (float)__builtin_sin(3.14159265358979323846 * (double)x))
+APROTO_UNARY(cospi, (float)__builtin_cos(3.14159265358979323846 * (double)x))
+APROTO_UNARY(tanpi, (float)__builtin_tan(3.14159265358979323846 * (double)x))
 #undef APROTO_UNARY
 #define APROTO_BINARY(name, expr)                                                               \
   template <class T> inline if_scalar_float<T> name(T a, T b) { float x = (float)a, y = (float)b; return (T)(expr); } \
@@ -193,6 +277,7 @@ APROTO_BINARY(pow, __builtin_powf(x, y)) APROTO_BINARY(powr, __builtin_powf(x, y
 APROTO_BINARY(atan2, __builtin_atan2f(x, y)) APROTO_BINARY(fmod, __builtin_fmodf(x, y))
 APROTO_BINARY(copysign, __builtin_copysignf(x, y)) APROTO_BINARY(divide, x / y)
 APROTO_BINARY(step, y < x ? 0.0f : 1.0f)
+APROTO_BINARY(nextafter, __builtin_nextafterf(x, y))
 #undef APROTO_BINARY
 template <class T> inline if_scalar_float<T> fma(T a, T b, T c) { return (T)__builtin_fmaf((float)a, (float)b, (float)c); }
 template <class T, int N> inline vec<T, N> fma(vec<T, N> a, vec<T, N> b, vec<T, N> c) {
@@ -206,14 +291,37 @@ template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> max(T a, T 
 template <class T> inline std::enable_if_t<!aproto_rt::is_vec<T>, T> min(T a, T b) { return a < b ? a : b; }
 template <class T, int N> inline vec<T, N> max(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = max(a[i], b[i]); return a; }
 template <class T, int N> inline vec<T, N> min(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = min(a[i], b[i]); return a; }
-template <class T, int N> inline vec<T, N> max(vec<T, N> a, T b) { return max(a, (vec<T, N>)b); }
-template <class T, int N> inline vec<T, N> min(vec<T, N> a, T b) { return min(a, (vec<T, N>)b); }
 // fmax/fmin ignore a NaN operand, as IEEE maxNum does.
 template <class T> inline if_scalar_float<T> fmax(T a, T b) { return (T)__builtin_fmaxf((float)a, (float)b); }
 template <class T> inline if_scalar_float<T> fmin(T a, T b) { return (T)__builtin_fminf((float)a, (float)b); }
 template <class T, int N> inline vec<T, N> fmax(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmax(a[i], b[i]); return a; }
 template <class T, int N> inline vec<T, N> fmin(vec<T, N> a, vec<T, N> b) { for (int i = 0; i < N; i++) a[i] = fmin(a[i], b[i]); return a; }
+// A scalar beside a vector is splat, and an integer beside a float type takes that type, as MSL's
+// overloads do for fmax(0, x) with x a float4 (or a float).
+template <class A, class B> constexpr bool int_beside_float =
+    std::is_integral_v<A> && !std::is_integral_v<B> && !aproto_rt::is_vec<B> && !std::is_same_v<A, bool>;
+#define APROTO_MIXED(name)                                                                               \
+  template <class T, int N, class S, std::enable_if_t<!aproto_rt::is_vec<S>, int> = 0>                    \
+  inline auto name(vec<T, N> a, S b) -> decltype(name(a, a)) { return name(a, (vec<T, N>)(T)b); }         \
+  template <class T, int N, class S, std::enable_if_t<!aproto_rt::is_vec<S>, int> = 0>                    \
+  inline auto name(S a, vec<T, N> b) -> decltype(name(b, b)) { return name((vec<T, N>)(T)a, b); }         \
+  template <class A, class B, std::enable_if_t<int_beside_float<A, B>, int> = 0>                          \
+  inline auto name(A a, B b) -> decltype(name(b, b)) { return name((B)a, b); }                           \
+  template <class A, class B, std::enable_if_t<int_beside_float<B, A>, int> = 0>                          \
+  inline auto name(A a, B b) -> decltype(name(a, a)) { return name(a, (A)b); }
+APROTO_MIXED(fmax) APROTO_MIXED(fmin) APROTO_MIXED(max) APROTO_MIXED(min) APROTO_MIXED(pow) APROTO_MIXED(powr)
+APROTO_MIXED(atan2) APROTO_MIXED(fmod) APROTO_MIXED(copysign) APROTO_MIXED(step)
+#undef APROTO_MIXED
 template <class T, class L> inline T clamp(T x, L lo, L hi) { return min(max(x, (T)lo), (T)hi); }
+// Three-operand forms (MSL 2.1): fmax3 / fmin3 ignore NaNs as fmax does; median3 is the middle value.
+template <class T> inline T fmax3(T a, T b, T c) { return fmax(fmax(a, b), c); }
+template <class T> inline T fmin3(T a, T b, T c) { return fmin(fmin(a, b), c); }
+template <class T> inline T fmedian3(T a, T b, T c) { return fmax(fmin(a, b), fmin(fmax(a, b), c)); }
+template <class T> inline T max3(T a, T b, T c) { return max(max(a, b), c); }
+template <class T> inline T min3(T a, T b, T c) { return min(min(a, b), c); }
+template <class T> inline T median3(T a, T b, T c) { return max(min(a, b), min(max(a, b), c)); }
+template <class T> inline if_scalar_float<T> ldexp(T x, int k) { return (T)__builtin_ldexpf((float)x, k); }
+template <class T> inline if_scalar_float<T> frexp(T x, int& e) { return (T)__builtin_frexpf((float)x, &e); }
 template <class T, class U> inline T mix(T a, T b, U t) { return a + (b - a) * t; }
 template <class T> inline bool isnan(T v) { return __builtin_isnan((float)v); }
 template <class T> inline bool isinf(T v) { return __builtin_isinf((float)v); }
@@ -256,8 +364,19 @@ template <class T> inline std::enable_if_t<std::is_integral_v<T>, T> mulhi(T a, 
   }
 }
 // fast:: and precise:: name the same functions here: the host computes in IEEE float either way.
-namespace fast { using namespace ::metal; }
-namespace precise { using namespace ::metal; }
+// Using-declarations, not a using-directive: a header that adds its own overloads to metal::fast
+// (MLX adds bfloat ones) must extend this overload set, not hide it.
+#define APROTO_MATH_NAMES(X)                                                                                \
+  X(exp) X(exp2) X(exp10) X(log) X(log2) X(log10) X(sqrt) X(rsqrt) X(fabs) X(floor) X(ceil) X(round) X(rint) \
+  X(trunc) X(fract) X(sin) X(cos) X(tan) X(asin) X(acos) X(atan) X(sinh) X(cosh) X(tanh) X(asinh) X(acosh) \
+  X(atanh) X(sinpi) X(cospi) X(tanpi) X(saturate) X(sign) X(pow) X(powr) X(atan2) X(fmod) X(copysign)       \
+  X(divide) X(step) X(nextafter) X(fma) X(abs) X(max) X(min) X(fmax) X(fmin) X(fmax3) X(fmin3) X(fmedian3)   \
+  X(max3) X(min3) X(median3) X(clamp) X(mix) X(ldexp) X(frexp) X(isnan) X(isinf) X(isfinite) X(signbit)    \
+  X(dot) X(length) X(normalize)
+#define APROTO_USING(name) using ::metal::name;
+namespace fast { APROTO_MATH_NAMES(APROTO_USING) }
+namespace precise { APROTO_MATH_NAMES(APROTO_USING) }
+#undef APROTO_USING
 
 template <class T> struct numeric_limits : std::numeric_limits<T> {};
 template <> struct numeric_limits<half> {
@@ -270,12 +389,12 @@ template <> struct numeric_limits<half> {
   static constexpr bool has_infinity = true;
 };
 template <> struct numeric_limits<bfloat> {
-  static bfloat max() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F7F); }
-  static bfloat lowest() { return __builtin_bit_cast(bfloat, (uint16_t)0xFF7F); }
-  static bfloat min() { return __builtin_bit_cast(bfloat, (uint16_t)0x0080); }
-  static bfloat epsilon() { return __builtin_bit_cast(bfloat, (uint16_t)0x3C00); }
-  static bfloat infinity() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F80); }
-  static bfloat quiet_NaN() { return __builtin_bit_cast(bfloat, (uint16_t)0x7FC0); }
+  static constexpr bfloat max() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F7F); }
+  static constexpr bfloat lowest() { return __builtin_bit_cast(bfloat, (uint16_t)0xFF7F); }
+  static constexpr bfloat min() { return __builtin_bit_cast(bfloat, (uint16_t)0x0080); }
+  static constexpr bfloat epsilon() { return __builtin_bit_cast(bfloat, (uint16_t)0x3C00); }
+  static constexpr bfloat infinity() { return __builtin_bit_cast(bfloat, (uint16_t)0x7F80); }
+  static constexpr bfloat quiet_NaN() { return __builtin_bit_cast(bfloat, (uint16_t)0x7FC0); }
   static constexpr bool has_infinity = true;
 };
 
@@ -328,37 +447,39 @@ APROTO_SIMD_PREFIX(simd_prefix_exclusive_product, '*', false)
 APROTO_SIMD_PREFIX(simd_prefix_inclusive_product, '*', true)
 #undef APROTO_SIMD_PREFIX
 
-namespace detail {
+}  // namespace metal
+namespace aproto_rt {  // not metal::detail: kernels declare a `detail` namespace of their own
 // Value of lane `src` when it took part, else the caller's own value (undefined in MSL).
 template <class T> inline T shuffle_from(T v, uint32_t src, aproto_site site, const char* what) {
   uint32_t m;
   const unsigned char* d = aproto_rt::exchange(v, m, site, 0, what);
   return (src < APROTO_SIMD_WIDTH && (m >> src & 1)) ? aproto_rt::slot<T>(d, src) : v;
 }
-}  // namespace detail
+}  // namespace aproto_rt
+namespace metal {
 template <class T> inline T simd_shuffle(T v, ushort lane, APROTO_SITE) {
-  return detail::shuffle_from(v, lane, __site, "simd_shuffle");
+  return aproto_rt::shuffle_from(v, lane, __site, "simd_shuffle");
 }
 template <class T> inline T simd_broadcast(T v, ushort lane, APROTO_SITE) {
-  return detail::shuffle_from(v, lane, __site, "simd_broadcast");
+  return aproto_rt::shuffle_from(v, lane, __site, "simd_broadcast");
 }
 template <class T> inline T simd_shuffle_xor(T v, ushort mask, APROTO_SITE) {
-  return detail::shuffle_from(v, aproto_rt::lane() ^ mask, __site, "simd_shuffle_xor");
+  return aproto_rt::shuffle_from(v, aproto_rt::lane() ^ mask, __site, "simd_shuffle_xor");
 }
 // Lanes whose source falls outside the SIMD-group keep their own value.
 template <class T> inline T simd_shuffle_down(T v, ushort delta, APROTO_SITE) {
   uint32_t me = aproto_rt::lane();
-  return detail::shuffle_from(v, me + delta < APROTO_SIMD_WIDTH ? me + delta : me, __site, "simd_shuffle_down");
+  return aproto_rt::shuffle_from(v, me + delta < APROTO_SIMD_WIDTH ? me + delta : me, __site, "simd_shuffle_down");
 }
 template <class T> inline T simd_shuffle_up(T v, ushort delta, APROTO_SITE) {
   uint32_t me = aproto_rt::lane();
-  return detail::shuffle_from(v, me >= delta ? me - delta : me, __site, "simd_shuffle_up");
+  return aproto_rt::shuffle_from(v, me >= delta ? me - delta : me, __site, "simd_shuffle_up");
 }
 template <class T> inline T simd_shuffle_rotate_down(T v, ushort delta, APROTO_SITE) {
-  return detail::shuffle_from(v, (aproto_rt::lane() + delta) % APROTO_SIMD_WIDTH, __site, "simd_shuffle_rotate_down");
+  return aproto_rt::shuffle_from(v, (aproto_rt::lane() + delta) % APROTO_SIMD_WIDTH, __site, "simd_shuffle_rotate_down");
 }
 template <class T> inline T simd_shuffle_rotate_up(T v, ushort delta, APROTO_SITE) {
-  return detail::shuffle_from(v, (aproto_rt::lane() + APROTO_SIMD_WIDTH - delta % APROTO_SIMD_WIDTH) % APROTO_SIMD_WIDTH,
+  return aproto_rt::shuffle_from(v, (aproto_rt::lane() + APROTO_SIMD_WIDTH - delta % APROTO_SIMD_WIDTH) % APROTO_SIMD_WIDTH,
                               __site, "simd_shuffle_rotate_up");
 }
 template <class T> inline T simd_broadcast_first(T v, APROTO_SITE) {
@@ -399,6 +520,34 @@ inline simd_vote simd_active_threads_mask(APROTO_SITE) {
   uint32_t m;
   aproto_rt::exchange(0, m, __site, 0, "simd_active_threads_mask");
   return simd_vote{m};
+}
+// Shifts within groups of `modulo` lanes (MSL 2.4): the lanes shifted past a group's end take
+// `filling` from the other end of the group. Lanes that did not take part read as their own value.
+template <class T> inline T shuffle_and_fill(T data, T filling, int delta, uint32_t modulo, aproto_site site,
+                                             const char* what) {
+  struct Pair { T data, filling; } mine{data, filling};
+  uint32_t m;
+  const unsigned char* d = aproto_rt::exchange(mine, m, site, 0, what);
+  const uint32_t me = aproto_rt::lane();
+  if (modulo == 0 || modulo > APROTO_SIMD_WIDTH) modulo = APROTO_SIMD_WIDTH;
+  const int p = (int)(me % modulo), base = (int)(me - me % modulo), from = p + delta;
+  const bool fill = from < 0 || from >= (int)modulo;
+  const uint32_t src = (uint32_t)(base + (from < 0 ? from + (int)modulo : from >= (int)modulo ? from - (int)modulo : from));
+  if (src >= APROTO_SIMD_WIDTH || !(m >> src & 1)) return data;
+  Pair other = aproto_rt::slot<Pair>(d, src);
+  return fill ? other.filling : other.data;
+}
+template <class T> inline T simd_shuffle_and_fill_down(T data, T filling, ushort delta, ushort modulo, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, (int)delta, modulo, __site, "simd_shuffle_and_fill_down");
+}
+template <class T> inline T simd_shuffle_and_fill_down(T data, T filling, ushort delta, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, (int)delta, APROTO_SIMD_WIDTH, __site, "simd_shuffle_and_fill_down");
+}
+template <class T> inline T simd_shuffle_and_fill_up(T data, T filling, ushort delta, ushort modulo, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, -(int)delta, modulo, __site, "simd_shuffle_and_fill_up");
+}
+template <class T> inline T simd_shuffle_and_fill_up(T data, T filling, ushort delta, APROTO_SITE) {
+  return shuffle_and_fill(data, filling, -(int)delta, APROTO_SIMD_WIDTH, __site, "simd_shuffle_and_fill_up");
 }
 inline bool simd_is_first(APROTO_SITE) {
   uint32_t m;
@@ -465,7 +614,7 @@ typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 typedef simdgroup_matrix<half, 8, 8> simdgroup_half8x8;
 typedef simdgroup_matrix<bfloat, 8, 8> simdgroup_bfloat8x8;
 
-template <class T, int C, int R> inline simdgroup_matrix<T, C, R> make_filled_simdgroup_matrix(T value) {
+template <class T, int C, int R = C> inline simdgroup_matrix<T, C, R> make_filled_simdgroup_matrix(T value) {
   simdgroup_matrix<T, C, R> r;
   for (int i = 0; i < 64; i++) r.m[i] = value;
   return r;
@@ -532,6 +681,103 @@ inline void simdgroup_multiply(simdgroup_matrix<TD, 8, 8>& d, const simdgroup_ma
   simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<TD, 8, 8>(TD(0)), __site);
 }
 
+// ---- matrix<T, C, R>: C columns of R elements (floatCxR), indexed by column, as in MSL.
+template <class T, int C, int R> struct matrix {
+  static_assert(C >= 2 && C <= 4 && R >= 2 && R <= 4, "MSL matrices have 2 to 4 columns and rows");
+  vec<T, R> columns[C];
+  matrix() = default;
+  explicit matrix(T diagonal) {  // diagonal matrix, zeros elsewhere
+    for (int c = 0; c < C; c++) {
+      columns[c] = (vec<T, R>)(T)0;
+      if (c < R) columns[c][c] = diagonal;
+    }
+  }
+  template <class... V, std::enable_if_t<sizeof...(V) == C && (std::is_same_v<V, vec<T, R>> && ...), int> = 0>
+  matrix(V... cols) : columns{cols...} {}
+  template <class... S, std::enable_if_t<sizeof...(S) == C * R && (!aproto_rt::is_vec<S> && ...), int> = 0>
+  matrix(S... scalars) {  // column by column
+    const T v[] = {(T)scalars...};
+    for (int i = 0; i < C * R; i++) columns[i / R][i % R] = v[i];
+  }
+  template <class U> explicit matrix(const matrix<U, C, R>& m) {  // element-wise conversion
+    for (int c = 0; c < C; c++) columns[c] = __builtin_convertvector(m.columns[c], vec<T, R>);
+  }
+  vec<T, R>& operator[](int c) { return columns[c]; }
+  const vec<T, R>& operator[](int c) const { return columns[c]; }
+};
+template <class T, int C, int R> inline vec<T, R> operator*(const matrix<T, C, R>& m, vec<T, C> v) {
+  vec<T, R> r = m.columns[0] * v[0];
+  for (int c = 1; c < C; c++) r += m.columns[c] * v[c];
+  return r;
+}
+template <class T, int C, int R> inline vec<T, C> operator*(vec<T, R> v, const matrix<T, C, R>& m) {
+  vec<T, C> r;
+  for (int c = 0; c < C; c++) r[c] = dot(v, m.columns[c]);
+  return r;
+}
+template <class T, int K, int C, int R>
+inline matrix<T, C, R> operator*(const matrix<T, K, R>& a, const matrix<T, C, K>& b) {
+  matrix<T, C, R> r;
+  for (int c = 0; c < C; c++) r.columns[c] = a * b.columns[c];
+  return r;
+}
+#define APROTO_MATRIX_OP(op)                                                                              \
+  template <class T, int C, int R> inline matrix<T, C, R> operator op(matrix<T, C, R> a, const matrix<T, C, R>& b) { \
+    for (int c = 0; c < C; c++) a.columns[c] = a.columns[c] op b.columns[c];                                 \
+    return a;                                                                                                \
+  }
+APROTO_MATRIX_OP(+) APROTO_MATRIX_OP(-)
+#undef APROTO_MATRIX_OP
+template <class T, int C, int R> inline matrix<T, C, R> operator*(matrix<T, C, R> m, T s) {
+  for (int c = 0; c < C; c++) m.columns[c] *= s;
+  return m;
+}
+template <class T, int C, int R> inline matrix<T, C, R> operator*(T s, const matrix<T, C, R>& m) { return m * s; }
+template <class T, int C, int R> inline matrix<T, R, C> transpose(const matrix<T, C, R>& m) {
+  matrix<T, R, C> t;
+  for (int c = 0; c < C; c++)
+    for (int r = 0; r < R; r++) t.columns[r][c] = m.columns[c][r];
+  return t;
+}
+#define APROTO_MATRIX_TYPES(T)                                                                 \
+  typedef matrix<T, 2, 2> T##2x2; typedef matrix<T, 2, 3> T##2x3; typedef matrix<T, 2, 4> T##2x4; \
+  typedef matrix<T, 3, 2> T##3x2; typedef matrix<T, 3, 3> T##3x3; typedef matrix<T, 3, 4> T##3x4; \
+  typedef matrix<T, 4, 2> T##4x2; typedef matrix<T, 4, 3> T##4x3; typedef matrix<T, 4, 4> T##4x4;
+APROTO_MATRIX_TYPES(float) APROTO_MATRIX_TYPES(half)
+#undef APROTO_MATRIX_TYPES
+
+// ---- <metal_type_traits>: the standard traits, with half and bfloat as the floating-point types MSL
+// makes them
+using std::conditional; using std::conditional_t; using std::decay; using std::decay_t; using std::enable_if;
+using std::enable_if_t; using std::false_type; using std::integral_constant; using std::is_const;
+using std::is_const_v; using std::is_convertible; using std::is_convertible_v; using std::is_integral;
+using std::is_integral_v; using std::is_pointer; using std::is_pointer_v; using std::is_same; using std::is_same_v;
+using std::is_signed; using std::is_signed_v; using std::is_unsigned; using std::is_unsigned_v;
+using std::make_signed; using std::make_signed_t; using std::make_unsigned; using std::make_unsigned_t;
+using std::remove_const; using std::remove_const_t; using std::remove_cv; using std::remove_cv_t;
+using std::remove_reference; using std::remove_reference_t; using std::true_type; using std::void_t;
+template <class T> struct is_floating_point
+    : std::bool_constant<std::is_same_v<std::remove_cv_t<T>, float> || std::is_same_v<std::remove_cv_t<T>, half> ||
+                         std::is_same_v<std::remove_cv_t<T>, bfloat>> {};
+template <class T> constexpr bool is_floating_point_v = is_floating_point<T>::value;
+template <class T> struct is_arithmetic : std::bool_constant<std::is_integral_v<T> || is_floating_point_v<T>> {};
+template <class T> constexpr bool is_arithmetic_v = is_arithmetic<T>::value;
+template <class T> struct is_scalar : std::bool_constant<is_arithmetic_v<T> || std::is_pointer_v<T> || std::is_enum_v<T>> {};
+template <class T> constexpr bool is_scalar_v = is_scalar<T>::value;
+template <class T> struct is_vector : std::bool_constant<aproto_rt::is_vec<T>> {};
+template <class T> constexpr bool is_vector_v = is_vector<T>::value;
+
+// ---- <metal_logging>: os_log accepts messages and drops them (the host has no GPU log stream).
+struct os_log {
+  constexpr os_log() = default;
+  constexpr os_log(const char*, const char*) {}
+  template <class... A> void log(const char*, A...) const {}
+  template <class... A> void log_debug(const char*, A...) const {}
+  template <class... A> void log_info(const char*, A...) const {}
+  template <class... A> void log_error(const char*, A...) const {}
+  template <class... A> void log_fault(const char*, A...) const {}
+};
+
 // ---- atomics: device atomics race across worker threads for real, so they map onto real atomics.
 enum memory_order { memory_order_relaxed = __ATOMIC_RELAXED };
 template <class T> struct atomic { T v; };
@@ -582,7 +828,17 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #ifndef FLT_EPSILON
 #define FLT_EPSILON 1.192092896e-07f
 #endif
+#ifndef INFINITY
+#define INFINITY __builtin_inff()
+#endif
+#ifndef NAN
+#define NAN __builtin_nanf("")
+#endif
 #define HALF_MAX ((half)65504.0f)
+#define MAXHALF HALF_MAX
+#define HUGE_VALH ((half)__builtin_inff())
+#define HALF_MIN ((half)6.103515625e-05f)
+#define HALF_EPSILON ((half)0.0009765625f)
 #define M_PI_F 3.14159265358979323846f
 #define M_E_F 2.71828182845904523536f
 #define M_LOG2E_F 1.44269504088896340736f
@@ -591,4 +847,72 @@ template <class T, class U> inline T atomic_exchange_explicit(volatile atomic<T>
 #define M_LN10_F 2.30258509299404568402f
 #define M_SQRT2_F 1.41421356237309504880f
 #define M_SQRT1_2_F 0.707106781186547524401f
+#define M_PI_2_F 1.57079632679489661923f
+#define M_PI_4_F 0.785398163397448309616f
+#define M_1_PI_F 0.318309886183790671538f
+#define M_2_PI_F 0.636619772367581343076f
+#define M_2_SQRTPI_F 1.12837916709551257390f
+#define M_PI_H ((half)3.14159265358979323846f)
+#define M_E_H ((half)2.71828182845904523536f)
+#define M_LOG2E_H ((half)1.44269504088896340736f)
+#define M_LN2_H ((half)0.693147180559945309417f)
+#define M_SQRT2_H ((half)1.41421356237309504880f)
+#define M_SQRT1_2_H ((half)0.707106781186547524401f)
+#define M_2_SQRTPI_H ((half)1.12837916709551257390f)
 #define METAL_FUNC inline __attribute__((always_inline))
+
+// ---- Apple's builtin spellings, which public headers (MLX's bf16_math.h) call directly. The last
+// argument of the math ones says fast or precise; the host computes in IEEE float either way.
+#define __METAL_MAYBE_FAST_MATH__ false
+#define __METAL_FAST_MATH__ true
+#define __METAL_PRECISE_MATH__ false
+#define APROTO_MATH_BUILTIN(name)                                                                                \
+  template <class T> inline auto __metal_##name(T x, bool) -> decltype(::metal::name(x)) { return ::metal::name(x); } \
+  template <class T> inline auto __metal_##name(T x, T y, bool) -> decltype(::metal::name(x, y)) {                   \
+    return ::metal::name(x, y);                                                                                   \
+  }                                                                                                               \
+  template <class T> inline auto __metal_##name(T x, T y, T z) -> decltype(::metal::name(x, y, z)) {                 \
+    return ::metal::name(x, y, z);                                                                                \
+  }                                                                                                               \
+  template <class T> inline auto __metal_##name(T x, T y, T z, bool) -> decltype(::metal::name(x, y, z)) {           \
+    return ::metal::name(x, y, z);                                                                                \
+  }
+APROTO_MATH_BUILTIN(fabs) APROTO_MATH_BUILTIN(acos) APROTO_MATH_BUILTIN(acosh) APROTO_MATH_BUILTIN(asin)
+APROTO_MATH_BUILTIN(asinh) APROTO_MATH_BUILTIN(atan) APROTO_MATH_BUILTIN(atan2) APROTO_MATH_BUILTIN(atanh)
+APROTO_MATH_BUILTIN(ceil) APROTO_MATH_BUILTIN(cos) APROTO_MATH_BUILTIN(cosh) APROTO_MATH_BUILTIN(cospi)
+APROTO_MATH_BUILTIN(divide) APROTO_MATH_BUILTIN(exp) APROTO_MATH_BUILTIN(exp10) APROTO_MATH_BUILTIN(exp2)
+APROTO_MATH_BUILTIN(floor) APROTO_MATH_BUILTIN(fma) APROTO_MATH_BUILTIN(fmax) APROTO_MATH_BUILTIN(fmax3)
+APROTO_MATH_BUILTIN(fmedian3) APROTO_MATH_BUILTIN(fmin) APROTO_MATH_BUILTIN(fmin3) APROTO_MATH_BUILTIN(fmod)
+APROTO_MATH_BUILTIN(fract) APROTO_MATH_BUILTIN(log) APROTO_MATH_BUILTIN(log10) APROTO_MATH_BUILTIN(log2)
+APROTO_MATH_BUILTIN(pow) APROTO_MATH_BUILTIN(powr) APROTO_MATH_BUILTIN(rint) APROTO_MATH_BUILTIN(round)
+APROTO_MATH_BUILTIN(rsqrt) APROTO_MATH_BUILTIN(sin) APROTO_MATH_BUILTIN(sinh) APROTO_MATH_BUILTIN(sinpi)
+APROTO_MATH_BUILTIN(sqrt) APROTO_MATH_BUILTIN(tan) APROTO_MATH_BUILTIN(tanh) APROTO_MATH_BUILTIN(tanpi)
+APROTO_MATH_BUILTIN(trunc)
+#undef APROTO_MATH_BUILTIN
+template <class T> inline T __metal_frexp(T x, int* e) { return ::metal::frexp(x, *e); }
+template <class T> inline T __metal_ldexp(T x, int k, bool) { return ::metal::ldexp(x, k); }
+template <class T> inline T __metal_nextafter(T x, T y) { return ::metal::nextafter(x, y); }
+// SIMD builtins: the call site (for which lanes meet) is the wrapper's caller, as with any helper.
+#define APROTO_SIMD_BUILTIN(name)                                                                      \
+  template <class... A> inline auto __metal_##name(A... a) -> decltype(::metal::name(a...)) { return ::metal::name(a...); }
+APROTO_SIMD_BUILTIN(simd_broadcast) APROTO_SIMD_BUILTIN(simd_shuffle) APROTO_SIMD_BUILTIN(simd_shuffle_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_up) APROTO_SIMD_BUILTIN(simd_shuffle_xor) APROTO_SIMD_BUILTIN(simd_shuffle_rotate_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_rotate_up) APROTO_SIMD_BUILTIN(simd_shuffle_and_fill_down)
+APROTO_SIMD_BUILTIN(simd_shuffle_and_fill_up) APROTO_SIMD_BUILTIN(simd_max) APROTO_SIMD_BUILTIN(simd_min)
+APROTO_SIMD_BUILTIN(simd_sum) APROTO_SIMD_BUILTIN(simd_product) APROTO_SIMD_BUILTIN(simd_broadcast_first)
+APROTO_SIMD_BUILTIN(simd_prefix_exclusive_product) APROTO_SIMD_BUILTIN(simd_prefix_exclusive_sum)
+APROTO_SIMD_BUILTIN(simd_prefix_inclusive_product) APROTO_SIMD_BUILTIN(simd_prefix_inclusive_sum)
+#undef APROTO_SIMD_BUILTIN
+template <class T> inline T __metal_get_simdgroup_size(T) { return (T)APROTO_SIMD_WIDTH; }
+// Bitwise SIMD reductions of a float act on its bits (MLX's bf16_math.h declares simd_xor(bfloat)).
+#define APROTO_SIMD_BITWISE_BUILTIN(name)                                                            \
+  template <class T> inline T __metal_##name(T v) {                                                  \
+    if constexpr (std::is_floating_point_v<T>) {                                                     \
+      using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;                               \
+      return __builtin_bit_cast(T, ::metal::name(__builtin_bit_cast(U, v)));                         \
+    } else {                                                                                         \
+      return ::metal::name(v);                                                                       \
+    }                                                                                                \
+  }
+APROTO_SIMD_BITWISE_BUILTIN(simd_and) APROTO_SIMD_BITWISE_BUILTIN(simd_or) APROTO_SIMD_BITWISE_BUILTIN(simd_xor)
+#undef APROTO_SIMD_BITWISE_BUILTIN
