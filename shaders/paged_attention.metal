@@ -59,9 +59,9 @@ constant uint LANES_PER_KEY = 32 / BLOCK_SIZE; // 4, 2 or 1; divides CHUNKS (HEA
 constant uint KEY_CHUNKS_PER_LANE = CHUNKS / LANES_PER_KEY;
 constant uint VALUE_CHUNKS_PER_LANE = (CHUNKS + 31) / 32;
 
-// The maximum (sum) of x over the threadgroup. Every thread calls it (it holds a barrier); `slots` are
-// SIMDGROUPS floats no other reduction uses, so no second barrier is needed before they are reused.
-float threadgroup_max(float x, threadgroup float* slots, ushort sg, ushort lane)
+// The maximum (sum) of x over the threadgroup. Every thread calls it (it holds a barrier). Each call has
+// slots of its own (SIMDGROUPS floats, never rewritten), so no barrier is needed after they are read.
+float reduce_max(float x, threadgroup float* slots, ushort sg, ushort lane)
 {
     x = simd_max(x);
     if (lane == 0) {
@@ -75,7 +75,7 @@ float threadgroup_max(float x, threadgroup float* slots, ushort sg, ushort lane)
     return m;
 }
 
-float threadgroup_sum(float x, threadgroup float* slots, ushort sg, ushort lane)
+float reduce_sum(float x, threadgroup float* slots, ushort sg, ushort lane)
 {
     x = simd_sum(x);
     if (lane == 0) {
@@ -156,7 +156,7 @@ Partial attend(device const T* q, device const T* k_cache, device const T* v_cac
             local_max = max(local_max, score);
         }
     }
-    const float max_score = threadgroup_max(local_max, group_max, sg, lane);  // finite: start < end
+    const float max_score = reduce_max(local_max, group_max, sg, lane);  // finite: start < end
 
     // Probabilities, in place; the barrier in threadgroup_sum also publishes them.
     float local_sum = 0.0f;
@@ -165,7 +165,7 @@ Partial attend(device const T* q, device const T* k_cache, device const T* v_cac
         logits[i] = e;
         local_sum += e;
     }
-    const float sum = threadgroup_sum(local_sum, group_sum, sg, lane);
+    const float sum = reduce_sum(local_sum, group_sum, sg, lane);
 
     // P V over the same blocks. Loops stop at the last token, so no slot past the sequence is read into
     // the sum (0 * NaN would be NaN); the vllm layout reads 4 tokens at a time and zeroes those past it.
@@ -272,14 +272,14 @@ void attention_reduce(device const float* tmp_out, device const float* max_logit
     for (uint i = tid; i < partitions; i += THREADS) {
         local_max = max(local_max, max_logits[row + i]);
     }
-    const float max_score = threadgroup_max(local_max, smem, sg, lane);
+    const float max_score = reduce_max(local_max, smem, sg, lane);
     float local_sum = 0.0f;
     for (uint i = tid; i < partitions; i += THREADS) {
         const float w = exp2(max_logits[row + i] - max_score);
         weights[i] = w;
         local_sum += w * exp_sums[row + i];
     }
-    const float sum = threadgroup_sum(local_sum, smem + SIMDGROUPS, sg, lane);  // also publishes weights
+    const float sum = reduce_sum(local_sum, smem + SIMDGROUPS, sg, lane);  // also publishes weights
     if (tid < CHUNKS) {
         float4 o = float4(0.0f);
         for (uint i = 0; i < partitions; i++) {

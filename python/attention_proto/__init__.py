@@ -22,6 +22,7 @@ from ._core import DeviceInfo, LaunchInfo, PipelineInfo
 from .kernel import DispatchTiming, Kernel
 from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
 from .protos.flash_attention import flash_attention, flash_attention_timed
+from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -52,6 +53,9 @@ __all__ = [
     "flash_attention_timed",
     "in_package_memory",
     "is_page_aligned",
+    "paged_attention",
+    "paged_attention_timed",
+    "paged_kv_write",
     "shader_dir",
     "zeros",
 ]
