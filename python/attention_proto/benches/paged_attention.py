@@ -156,11 +156,11 @@ def findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
     rows = {name: [r for r in t.rows if "median_ms" in r] for name, t in tables.items() if t.meta.get("timed")}
 
     def add(question: str, metric: str, value: float, unit: str, config: dict[str, Any], claim: str, table: str,
-            **extra: Any) -> None:
+            **derived: Any) -> None:
         samples = {f"{r.get('variant')}/{r.get('block_size')}/{r.get('partition')}/{r.get('layout')}/{r.get('context')}"
                    f"/{r.get('seqs')}x{r.get('heads')}": r["samples_ms"] for r in rows.get(table, [])}
         found.append(ctx.finding(question, "performance", metric, value, unit, {**shape, **config}, claim + on,
-                                 {"samples_ms": samples, "table": ctx.table_path(table)}, extra=extra))
+                                 {"samples_ms": samples, "table": ctx.table_path(table), **derived}))
 
     def listing(values: dict[Any, float], fmt: str = "{:.2f}x") -> str:
         return ", ".join(f"{k}: {fmt.format(v)}" for k, v in values.items())
@@ -180,25 +180,28 @@ def findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
     if rows.get("crossover"):
         v1_over_v2 = ratios(rows["crossover"], "context", "variant", "V1", "V2")
         cross = next((n for n in v1_over_v2 if all(x > 1 for m, x in v1_over_v2.items() if m >= n)), None)
-        add("crossover", "v1_v2_crossover_context", cross or 0, "tokens", {"seqs": 1},
+        add("crossover", "v1_v2_crossover_context", cross or max(v1_over_v2), "tokens", {"seqs": 1},
             (f"V2 (partitions of {DEFAULT_PARTITION_SIZE}) overtakes V1 from {cross} tokens" if cross else
-             "V1 is faster than V2 at every measured context it holds") + f" (1 sequence; V1 / V2 time per context: "
-            f"{listing(v1_over_v2)})", "crossover", v1_over_v2=v1_over_v2)
+             f"V1 is faster than V2 at every measured context up to {max(v1_over_v2)} tokens (no crossover)")
+            + f" (1 sequence; V1 / V2 time per context: {listing(v1_over_v2)})", "crossover",
+            v1_over_v2=v1_over_v2, crossed=cross is not None)
     if rows.get("batch"):
         v1_over_v2 = ratios(rows["batch"], "seqs_x_heads", "variant", "V1", "V2")
         even = next((n for n in v1_over_v2 if all(x <= 1 for m, x in v1_over_v2.items() if m >= n)), None)
-        add("batch_crossover", "v1_catches_up_at", even or 0, "threadgroups", {"context": s["context"]},
-            f"at {s['context']} tokens V1 is " + (f"as fast as V2 or faster from {even} sequences x heads on" if even else
-            "slower than V2 at every measured sequences x heads") + f" (V1 / V2 time: {listing(v1_over_v2)})", "batch",
-            v1_over_v2=v1_over_v2)
+        add("batch_crossover", "v1_catches_up_at", even or max(v1_over_v2), "sequences x heads", {"context": s["context"]},
+            f"at {s['context']} tokens V1 is " + (f"as fast as V2 or faster from {even} sequences x heads" if even else
+            f"slower than V2 up to {max(v1_over_v2)} sequences x heads (no crossover)")
+            + f" (V1 / V2 time per sequences x heads: {listing(v1_over_v2)})", "batch",
+            v1_over_v2=v1_over_v2, crossed=even is not None)
     for question, table, column, unit in (("best_partition", "partitions", "partition", "tokens"),
                                           ("best_block_size", "block_sizes", "block_size", "tokens")):
         if rows.get(table):  # summed over the variants the table ran
             totals = {k: sum(r["median_ms"] for r in rows[table] if r[column] == k) for k in {r[column] for r in rows[table]}}
             best = min(totals, key=totals.get)
             add(question, f"best_{column}", best, unit, {"context": rows[table][0]["context"]},
-                f"{column} {best} is fastest at {rows[table][0]['context']} tokens ({column}: ms, over "
-                f"{sorted({r['variant'] for r in rows[table]})}: {listing(dict(sorted(totals.items())), '{:.3g}')})", table)
+                f"{column.replace('_', ' ')} {best} is fastest at {rows[table][0]['context']} tokens (median ms, summed "
+                f"over {' and '.join(sorted({r['variant'] for r in rows[table]}))}: "
+                f"{listing(dict(sorted(totals.items())), '{:.3g}')})", table)
     if rows.get("layouts"):
         vllm_over_blocked = ratios(rows["layouts"], "variant", "layout", "vllm", "blocked")
         mean = math.prod(vllm_over_blocked.values()) ** (1 / len(vllm_over_blocked))
