@@ -23,6 +23,7 @@ from attention_proto.protos.paged_attention import (
     HEAD_DIMS, choose_partition_size, kv_cache, max_v1_context, paged_attention_timed, paged_kv_write,
     random_block_tables, threadgroup_bytes, to_vllm_layout,
 )
+from conftest import poisoned
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
@@ -49,18 +50,6 @@ def make_case(rng: np.random.Generator, dtype: str, seq_lens: list[int], q_heads
             cache[blocks[-1], :, n - (len(blocks) - 1) * block_size:] = np.nan  # slots past the sequence
     q = (q_gain * rng.standard_normal((len(lens), q_heads, head_dim))).astype(t)
     return {"q": q, "k_cache": k_cache, "v_cache": v_cache, "block_tables": tables, "seq_lens": lens}
-
-
-def poisoned(shape: tuple[int, ...], dtype: object, memory: str = "package") -> np.ndarray:
-    """NaN everywhere: a package array, a plain numpy array, or one 1 element off its allocation."""
-    if memory == "package":
-        a = ap.empty(shape, dtype)
-    elif memory == "plain":
-        a = np.empty(shape, dtype)
-    else:
-        a = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)
-    a[...] = np.nan
-    return a
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, dtype: str) -> None:
