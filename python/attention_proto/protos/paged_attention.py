@@ -16,12 +16,8 @@ the sequence's scores in threadgroup memory, so its context is bounded by the 32
 (:func:`max_v1_context`); V2 (``partition_size > 0``) splits each sequence into partitions, one
 threadgroup each, and a second kernel combines them (two launches dispatched as one sequence). The
 scratch arrays V2 needs are allocated here. ``partition_size=None`` applies :func:`choose_partition_size`.
-
-Every argument is checked by the C++ entry points (``attention_proto._core.paged_attention`` and
-``paged_kv_write``), before any dispatch: block ids outside ``[0, num_blocks)`` in the part of a row the
-sequence uses, seq_lens outside ``[1, max_blocks_per_seq * block_size]``, shapes, dtypes, head dims,
-block sizes, and V1 contexts over the threadgroup memory (ResourceLimitError, naming the limit). Table
-entries past a sequence's blocks and cache slots past its length may hold anything, NaN included.
+Every argument is checked by the C++ entry points (``_core.paged_attention``, ``_core.paged_kv_write``)
+before any dispatch (see :func:`paged_attention`).
 """
 from __future__ import annotations
 
