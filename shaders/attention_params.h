@@ -17,3 +17,22 @@ struct FlashAttentionParams {
   uint32_t q_per_kv;   // q_heads / kv_heads: query heads sharing one key/value head (GQA, MQA)
   float scale_log2;    // softmax scale * log2(e): scores go straight to the exp2 domain
 };
+
+// paged_attention.metal, buffer(6) of the attention kernels and buffer(4) of the reduce kernel.
+// q, out [num_seqs, q_heads, D]; block_tables [num_seqs, max_blocks_per_seq]; the V2 scratch
+// tmp_out [num_seqs, q_heads, max_partitions, D], max_logits and exp_sums [num_seqs, q_heads, max_partitions].
+struct PagedAttentionParams {
+  uint32_t num_seqs;
+  uint32_t q_heads;
+  uint32_t kv_heads;
+  uint32_t q_per_kv;            // q_heads / kv_heads (GQA, MQA)
+  uint32_t max_blocks_per_seq;  // row length of block_tables
+  uint32_t max_partitions;      // V2: partitions per (sequence, head) in the scratch arrays; V1: 1
+  float scale_log2;             // softmax scale * log2(e): scores go straight to the exp2 domain
+};
+
+// paged_kv_write.metal, buffer(5). k, v [tokens, kv_heads, D]; slot_mapping [tokens].
+struct PagedKvWriteParams {
+  uint32_t tokens;
+  uint32_t kv_heads;
+};

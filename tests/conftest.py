@@ -54,6 +54,20 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     return np.random.default_rng([SESSION_SEED, zlib.crc32(request.node.nodeid.encode())])
 
 
+def poisoned(shape: tuple[int, ...], dtype: object, memory: str = "package") -> np.ndarray:
+    """An array full of NaN, for outputs a test checks were written everywhere: in package memory (Metal
+    writes into it directly), a plain numpy array (Metal copies it), or a plain array one element off its
+    allocation's start (not 16-byte aligned). Test modules import it (`from conftest import poisoned`)."""
+    if memory == "package":
+        a = ap.empty(shape, dtype)
+    elif memory == "plain":
+        a = np.empty(shape, dtype)
+    else:
+        a = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)
+    a[...] = np.nan
+    return a
+
+
 # A tiny bench with a SPEC, for tests of the CLI and the lab: one derived-size table, one question it
 # answers and one it never does.
 FAKE_BENCH = textwrap.dedent("""

@@ -28,6 +28,7 @@ from attention_proto import _core, reference
 from attention_proto.protos.flash_attention import (
     DEFAULT_TILES, HEAD_DIMS, MAX_BLOCK_K, fitting_tiles, flash_attention_timed, pipeline_info, threadgroup_bytes,
 )
+from conftest import poisoned
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
@@ -43,19 +44,6 @@ def make_inputs(rng: np.random.Generator, dtype: str, batch: int, q_heads: int, 
     k = rng.standard_normal((batch, kv_heads, kv_len, head_dim)).astype(t)
     v = rng.standard_normal((batch, kv_heads, kv_len, head_dim)).astype(t)
     return q, k, v
-
-
-def poisoned(shape: tuple[int, ...], dtype: object, memory: str = "package") -> np.ndarray:
-    """An array full of NaN: in package memory (Metal writes into it directly), a plain numpy array
-    (Metal copies it), or a plain array one element off its allocation's start (not 16-byte aligned)."""
-    if memory == "package":
-        a = ap.empty(shape, dtype)
-    elif memory == "plain":
-        a = np.empty(shape, dtype)
-    else:
-        a = np.empty(int(np.prod(shape)) + 1, dtype)[1:].reshape(shape)
-    a[...] = np.nan
-    return a
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, dtype: str) -> None:

@@ -23,6 +23,7 @@ from .kernel import DispatchTiming, Kernel
 from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
 from .msl import kernels_in
 from .protos.flash_attention import flash_attention, flash_attention_timed
+from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -54,6 +55,9 @@ __all__ = [
     "in_package_memory",
     "is_page_aligned",
     "kernels_in",
+    "paged_attention",
+    "paged_attention_timed",
+    "paged_kv_write",
     "shader_dir",
     "zeros",
 ]

@@ -60,3 +60,60 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
     with np.errstate(divide="ignore"):  # log(0) = -inf for rows that see no key
         lse = np.where(seen, row_max + np.log(row_sum), -np.inf)[..., 0]
     return out, lse.reshape(batch, q_heads, q_len)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """The standard ALiBi slopes of ``num_heads`` heads, float64 (Press et al., "Train Short, Test Long"):
+    for ``n`` a power of two, ``2^(-8 i / n)`` for i = 1..n; otherwise those of the largest power of two
+    ``p < n``, then every other slope of ``2p`` heads (``2^(-4 i / p)`` for odd i) for the remaining heads.
+    (Prototype 7 will make this public as ``attention_proto.alibi_slopes``.)"""
+    p = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = [2.0 ** (-8.0 * i / p) for i in range(1, p + 1)]
+    slopes += [2.0 ** (-4.0 * i / p) for i in range(1, 2 * (num_heads - p), 2)]
+    return np.array(slopes, dtype=np.float64)
+
+
+def gather_kv(k_cache: np.ndarray, v_cache: np.ndarray, block_tables: np.ndarray, seq_lens: np.ndarray, *,
+              layout: str = "blocked") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each sequence's keys and values ``[Hkv, seq_len, D]`` (the caches' dtype), gathered through its row
+    of ``block_tables``: token j is slot ``j % block_size`` of block ``block_tables[s, j // block_size]``.
+
+    Layouts: ``"blocked"`` k/v ``[num_blocks, Hkv, block_size, D]``; ``"vllm"`` k ``[num_blocks, Hkv, D / x,
+    block_size, x]`` and v ``[num_blocks, Hkv, D, block_size]`` (vLLM's)."""
+    if layout == "vllm":  # to [num_blocks, Hkv, block_size, D]: dims d = (d // x) * x + d % x
+        n, h, dx, bs, x = k_cache.shape
+        k_cache = k_cache.transpose(0, 1, 3, 2, 4).reshape(n, h, bs, dx * x)
+        v_cache = v_cache.transpose(0, 1, 3, 2)
+    elif layout != "blocked":
+        raise ValueError(f"layout must be 'blocked' or 'vllm', got {layout!r}")
+    block_size = k_cache.shape[2]
+    out = []
+    for row, length in zip(block_tables, seq_lens):
+        blocks = row[: -(-int(length) // block_size)]
+        k = np.concatenate(list(k_cache[blocks]), axis=1)[:, :length]  # blocks [Hkv, bs, D] joined on tokens
+        v = np.concatenate(list(v_cache[blocks]), axis=1)[:, :length]
+        out.append((k, v))
+    return out
+
+
+def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, block_tables: np.ndarray,
+                    seq_lens: np.ndarray, *, scale: float | None = None, alibi_slopes: np.ndarray | None = None,
+                    layout: str = "blocked") -> np.ndarray:
+    """Decode attention over a paged KV cache in float64: for each sequence s, the keys and values of its
+    ``seq_lens[s]`` tokens are gathered (:func:`gather_kv`) and ``softmax(scale * q_s K^T + bias) V`` is
+    computed densely, ``bias = slope_h * (j - (seq_len - 1))`` for key j when ``alibi_slopes`` is given.
+
+    q ``[S, Hq, D]``; query head h reads kv head ``h // (Hq // Hkv)``. Returns ``[S, Hq, D]`` float64."""
+    num_seqs, q_heads, head_dim = q.shape
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out = np.empty((num_seqs, q_heads, head_dim))
+    for s, (k, v) in enumerate(gather_kv(k_cache, v_cache, block_tables, seq_lens, layout=layout)):
+        kv_heads, length = k.shape[0], k.shape[1]
+        heads = np.arange(q_heads) // (q_heads // kv_heads)
+        k64, v64 = k.astype(np.float64)[heads], v.astype(np.float64)[heads]  # [Hq, L, D]
+        scores = scale * np.einsum("hd,hld->hl", q[s].astype(np.float64), k64)
+        if alibi_slopes is not None:
+            scores += np.asarray(alibi_slopes, np.float64)[:, None] * (np.arange(length) - (length - 1))[None, :]
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out[s] = np.einsum("hl,hld->hd", weights, v64) / weights.sum(axis=1, keepdims=True)
+    return out

@@ -215,22 +215,23 @@ template <class T, class A> constexpr bool half_bfloat_pair =
     (std::is_same_v<T, half> && std::is_same_v<aproto_rt::bare<A>, bfloat>) ||
     (std::is_same_v<T, bfloat> && std::is_same_v<aproto_rt::bare<A>, half>);
 // (T)a where T is a template parameter: vector rules for a vector T, C's otherwise.
-template <class T, class A> constexpr T msl_convert(A&& a) {
+template <class T, class A> constexpr T msl_convert(A a) {
   if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
   else if constexpr (half_bfloat_pair<T, A>) return (T)(float)a;
   else return (T)a;
 }
 // static_cast<T>(a) for a T that is no vector type name.
-template <class T, class A> constexpr T msl_static_cast(A&& a) {
+template <class T, class A> constexpr T msl_static_cast(A a) {
   if constexpr (aproto_rt::is_vec<T>) return convert<T>(a);
   else if constexpr (half_bfloat_pair<T, A>) return static_cast<T>(static_cast<float>(a));
-  else return static_cast<T>(static_cast<A&&>(a));
+  else return static_cast<T>(a);
 }
-// T(args) where T is a template parameter.
-template <class T, class... A> constexpr T msl_make(A&&... a) {
+// T(args) where T is a template parameter. Arguments by value: a vector element (`x[j]`) is an lvalue
+// no non-const reference can bind to, and MSL's constructors take values anyway.
+template <class T, class... A> constexpr T msl_make(A... a) {
   if constexpr (aproto_rt::is_vec<T>) return vmake<T>(a...);
-  else if constexpr (sizeof...(A) == 1) return msl_convert<T>(static_cast<A&&>(a)...);
-  else return T(static_cast<A&&>(a)...);
+  else if constexpr (sizeof...(A) == 1) return msl_convert<T>(a...);
+  else return T(a...);
 }
 template <class To, class From> inline To as_type(From f) {
   static_assert(sizeof(To) == sizeof(From), "as_type: sizes differ");
