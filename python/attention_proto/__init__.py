@@ -22,6 +22,7 @@ from ._core import DeviceInfo, LaunchInfo, PipelineInfo
 from .kernel import DispatchTiming, Kernel
 from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
 from .protos.flash_attention import flash_attention, flash_attention_timed
+from .protos.linear_attention import linear_attention, linear_attention_timed
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -52,6 +53,8 @@ __all__ = [
     "flash_attention_timed",
     "in_package_memory",
     "is_page_aligned",
+    "linear_attention",
+    "linear_attention_timed",
     "shader_dir",
     "zeros",
 ]
