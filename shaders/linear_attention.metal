@@ -67,8 +67,6 @@ constant constexpr uint MAX_DIM = 128;    // K, V
 #define UNROLL
 #endif
 
-typedef simdgroup_matrix<float, 8, 8> fragment;
-
 // Apple's 8x8 fragment layout: this lane holds row frag_row(), columns frag_col() and frag_col() + 1.
 inline ushort frag_row(ushort lane) { return ((lane / 4) & 4) + (lane / 2) % 4; }
 inline ushort frag_col(ushort lane) { return ((lane / 4) & 2) * 2 + (lane % 2) * 2; }
@@ -88,11 +86,11 @@ void load_tile(threadgroup T* tile, uint tile_stride, device const T* src, ulong
 
 // One 8x8 fragment of a tile as float (exact for half and bfloat): every product here runs in float.
 template <typename T>
-fragment load_fragment(threadgroup const T* tile, uint stride, bool transpose)
+simdgroup_float8x8 load_fragment(threadgroup const T* tile, uint stride, bool transpose)
 {
     simdgroup_matrix<T, 8, 8> m;
     simdgroup_load(m, tile, stride, ulong2(0), transpose);
-    fragment f;
+    simdgroup_float8x8 f;
     thread auto& e = m.thread_elements();
     thread auto& fe = f.thread_elements();
     fe[0] = float(e[0]);
@@ -133,7 +131,7 @@ inline float cumulative(threadgroup const float* g_cum, uint i) { return g_cum[i
 
 // Reads (load) or writes (store) this lane's elements of a [K, V] float state held as fragments:
 // rows row0 + 8 * sg.., columns col0 + 8 * j.., within K_DIM x V_DIM (the padding stays 0 / unwritten).
-inline void load_state(thread fragment* state, device const float* src, uint row, uint col0, ushort lane)
+inline void load_state(thread simdgroup_float8x8* state, device const float* src, uint row, uint col0, ushort lane)
 {
     UNROLL
     for (uint j = 0; j < V_FRAGS; j++) {
@@ -146,7 +144,7 @@ inline void load_state(thread fragment* state, device const float* src, uint row
     }
 }
 
-inline void store_state(thread fragment* state, device float* dst, uint row, uint col0, ushort lane)
+inline void store_state(thread simdgroup_float8x8* state, device float* dst, uint row, uint col0, ushort lane)
 {
     UNROLL
     for (uint j = 0; j < V_FRAGS; j++) {
@@ -181,7 +179,7 @@ void chunk_h(device const T* k, device const T* v, device const float* g, device
     const uint row = k0 + sg * 8 + frag_row(lane);  // this lane's state row
     const ulong state_offset = ulong(group.z) * K_DIM * V_DIM;  // [B, H, K, V]: (batch, head) = group.z
 
-    fragment state[MAX_BLOCK / 8];  // V_FRAGS used
+    simdgroup_float8x8 state[MAX_BLOCK / 8];  // V_FRAGS used
     if (USE_INITIAL_STATE) {
         load_state(state, h0 + state_offset, row, v0, lane);
     } else {
@@ -217,12 +215,12 @@ void chunk_h(device const T* k, device const T* v, device const float* g, device
         }
         for (uint tb = 0; tb < CHUNK / 8; tb++) {
             // K^T: rows = this SIMD-group's 8 state rows, columns = 8 steps (a transposed load).
-            const fragment kt = load_fragment(k_tile + tb * 8 * k_stride + sg * 8, k_stride, true);
+            const simdgroup_float8x8 kt = load_fragment(k_tile + tb * 8 * k_stride + sg * 8, k_stride, true);
             // This lane's rows of a v fragment are step tb * 8 + frag_row: one decay factor.
             const float w = USE_G ? exp(decay_exponent(g_cum, len - 1, tb * 8 + frag_row(lane))) : 1.0f;
             UNROLL
             for (uint j = 0; j < V_FRAGS; j++) {
-                fragment vd = load_fragment(v_tile + tb * 8 * v_stride + j * 8, v_stride, false);
+                simdgroup_float8x8 vd = load_fragment(v_tile + tb * 8 * v_stride + j * 8, v_stride, false);
                 thread auto& e = vd.thread_elements();
                 e[0] *= w;
                 e[1] *= w;
@@ -266,8 +264,8 @@ void chunk_o(device const T* q, device const T* k, device const T* v, device con
         chunk_cumsum(g_cum, g + step0 * p.heads + head, p.heads, len, tid, threads);
     }
 
-    fragment s[MAX_CHUNK / 8];  // CHUNK / 8 zeroed; products only for key blocks 0..sg (the diagonal)
-    fragment acc[MAX_BLOCK / 8];  // V_FRAGS used
+    simdgroup_float8x8 s[MAX_CHUNK / 8];  // CHUNK / 8 zeroed; products only for key blocks 0..sg (the diagonal)
+    simdgroup_float8x8 acc[MAX_BLOCK / 8];  // V_FRAGS used
     UNROLL
     for (uint j = 0; j < CHUNK / 8; j++) {
         s[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
@@ -289,17 +287,17 @@ void chunk_o(device const T* q, device const T* k, device const T* v, device con
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         for (uint d = 0; d < BLOCK_K / 8; d++) {
-            const fragment qf = load_fragment(q_tile + sg * 8 * qk_stride + d * 8, qk_stride, false);
+            const simdgroup_float8x8 qf = load_fragment(q_tile + sg * 8 * qk_stride + d * 8, qk_stride, false);
             UNROLL
             for (uint j = 0; j < CHUNK / 8; j++) {
                 if (j <= sg) {  // the same for the whole SIMD-group
-                    const fragment kt = load_fragment(k_tile + j * 8 * qk_stride + d * 8, qk_stride, true);
+                    const simdgroup_float8x8 kt = load_fragment(k_tile + j * 8 * qk_stride + d * 8, qk_stride, true);
                     simdgroup_multiply_accumulate(s[j], qf, kt, s[j]);
                 }
             }
             UNROLL
             for (uint jv = 0; jv < V_FRAGS; jv++) {
-                fragment hf;
+                simdgroup_float8x8 hf;
                 simdgroup_load(hf, h_tile + d * 8 * h_stride + jv * 8, h_stride);
                 simdgroup_multiply_accumulate(acc[jv], qf, hf, acc[jv]);
             }
@@ -333,7 +331,7 @@ void chunk_o(device const T* q, device const T* k, device const T* v, device con
         UNROLL
         for (uint j = 0; j < CHUNK / 8; j++) {
             if (j <= sg) {
-                const fragment vf = load_fragment(v_tile + j * 8 * v_stride + jv * 8, v_stride, false);
+                const simdgroup_float8x8 vf = load_fragment(v_tile + j * 8 * v_stride + jv * 8, v_stride, false);
                 simdgroup_multiply_accumulate(acc[jv], s[j], vf, acc[jv]);
             }
         }

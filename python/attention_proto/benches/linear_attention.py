@@ -230,7 +230,7 @@ SPEC = BenchSpec(
         TableSpec("best_chunks", "fastest chunk size per head dim and dtype",
                   lambda ctx: best_rows(ctx.tables["chunk_sizes"], ("D", "dtype"), "calls_per_s")),
         TableSpec("memory", f"threadgroup memory per chunk configuration, {MEMORY}", memory_rows, timed=False),
-        TableSpec("over_seq", "linear attention, chunked and recurrent, vs causal flash attention over T", seq_configs,
+        TableSpec("over_seq", "linear vs causal flash attention over T", seq_configs,
                   measure, plots=(Plot("line", "T", "median_ms", series="kernel", logx=True),)),
         TableSpec("numerics", "chunked error vs the FP64 recurrence (B = H = 1, chunk 64)",
                   lambda ctx: [{"D": grid(ctx)[0][-1], "dtype": dt, "T": tt, "gate": gate} for dt in ctx.args.dtypes or
