@@ -26,8 +26,9 @@ from attention_proto.protos.linear_attention import (
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 # (B, H, T of the chunk sweep): an Apple GPU needs many threadgroups; the emulation runs each 8x8 MMA once
 # per lane (32x the work), so host shapes stay small.
-SHAPES = {"metal": (2, 16, 4096), "host": (1, 2, 256)}
-SEQS = {"metal": (256, 512, 1024, 2048, 4096, 8192, 16384), "host": (64, 128, 256, 512, 1024, 2048)}
+SHAPES = {"metal": (2, 16, 4096), "metal-quick": (1, 8, 2048), "host": (1, 2, 256), "host-quick": (1, 2, 256)}
+SEQS = {"metal": (256, 512, 1024, 2048, 4096, 8192, 16384), "metal-quick": (256, 512, 1024, 2048, 4096, 8192),
+        "host": (64, 128, 256, 512, 1024, 2048), "host-quick": (64, 128, 256, 512, 1024, 2048)}
 NUMERICS_SEQS = {"quick": (64, 1024), "default": (64, 256, 1024), "sweep": (64, 256, 1024, 4096)}  # B = H = 1
 GATES = (None, 10.0, 1.0, 0.1)  # g = logsigmoid(x) / gate, x ~ N(0, 1) (FLA's tests): None = no decay
 KERNELS = ("linear_chunk", "linear_recurrent", "flash_causal")
@@ -39,14 +40,20 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", type=int, nargs="+", default=None, metavar="D",
                    help="head dims K = V (default: 32 64 128; --quick 64 128; --sweep adds 60 100)")
     p.add_argument("--dtypes", nargs="+", default=None, choices=DTYPES, help="dtypes (default: all; --quick float16)")
-    p.add_argument("--seq", type=int, default=None, help="T of the chunk-size sweep (default: 4096 metal, 256 host)")
-    p.add_argument("--heads", type=int, default=None, help="heads H (default: 16 metal, 2 host)")
+    p.add_argument("--seq", type=int, default=None, help="T of the chunk-size sweep (default: 4096 metal, --quick "
+                   "2048; 256 host)")
+    p.add_argument("--heads", type=int, default=None, help="heads H (default: 16 metal, --quick 8; 2 host)")
     p.add_argument("--seqs", type=int, nargs="+", default=None, metavar="T",
-                   help="T of chunked vs recurrent vs flash attention (default: 256..16384 metal, 64..2048 host)")
+                   help="T of chunked vs recurrent vs flash attention (default: 256..16384 metal, --quick 256..8192; "
+                   "64..2048 host)")
+
+
+def where(ctx: Context) -> str:
+    return ("host" if ctx.is_host else "metal") + ("-quick" if ctx.mode == "quick" else "")
 
 
 def shape(ctx: Context) -> tuple[int, int, int]:
-    b, h, t = SHAPES["host" if ctx.is_host else "metal"]
+    b, h, t = SHAPES[where(ctx)]
     return b, ctx.args.heads or h, ctx.args.seq or t
 
 
@@ -89,9 +96,10 @@ def seq_configs(ctx: Context) -> list[Row]:
     chunk size the sweep found fastest there; flash attention only at its own head dims."""
     dims, dtypes = grid(ctx)
     d, dtype = (64 if 64 in dims else dims[0]), dtypes[0]
-    best = [r["chunk"] for r in ctx.tables["best_chunks"].rows if r["D"] == d and r["dtype"] == dtype]
+    found = ctx.tables["best_chunks"].rows if "best_chunks" in ctx.tables else []  # none yet when only counting
+    best = [r["chunk"] for r in found if r["D"] == d and r["dtype"] == dtype]
     return [{"kernel": kernel, "D": d, "dtype": dtype, "T": t, "chunk": (best or [64])[0]}
-            for t in ctx.args.seqs or SEQS["host" if ctx.is_host else "metal"] for kernel in KERNELS
+            for t in ctx.args.seqs or SEQS[where(ctx)] for kernel in KERNELS
             if kernel != "flash_causal" or d in FLASH_HEAD_DIMS]
 
 
@@ -122,7 +130,7 @@ def stats(row: Row, ctx: Context, table: str) -> dict[str, Any]:
 
 
 def best_chunk(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
-    (b, h, t), best = shape(ctx), tables["best_chunks"].rows
+    (b, h, t), best = shape(ctx), tables["best_chunks"].rows if "best_chunks" in tables else []
     if not best:
         return []
     top = max(best, key=lambda r: (r["D"], r["dtype"] == "float16"))
@@ -165,9 +173,10 @@ def over_seq(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
             continue
         ratios = ", ".join(f"T={t} {ratio(kernel, t):.2g}x" for t in ts)
         if kernel == "linear_recurrent":
-            found.append(ctx.finding(question, "performance", "chunk_speedup_over_recurrent", ratio(kernel, ts[-1]), "x",
-                                     config, f"chunked over recurrent linear attention on {setup}: {ratios}",
-                                     stats(ms[("linear_chunk", ts[-1])], ctx, "over_seq"), extra={"chunk": c0["chunk"]}))
+            found.append(ctx.finding(question, "performance", "chunk_speedup_over_recurrent", ratio(kernel, ts[-1]),
+                                     "x", config, f"chunked over recurrent linear attention on {setup}: {ratios}",
+                                     stats(ms[("linear_chunk", ts[-1])], ctx, "over_seq"),
+                                     extra={"chunk": c0["chunk"]}))
             continue
         first = next((t for t in ts if all(ratio(kernel, u) > 1 for u in ts if u >= t)), None)  # and stays faster
         verdict = f"is faster than causal softmax flash attention from T={first}" if first else (
@@ -190,11 +199,11 @@ def error_growth(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Findin
         parts.append(f"{dt} " + ", ".join(f"{min(e):.2g}..{max(e):.2g} at T={t}"
                                           for e, t in zip(spans, (mine[0]["T"], mine[-1]["T"]))))
     worst = max(rows, key=lambda r: r["rms_ratio"])
-    where = "the host emulation (IEEE float32 on the CPU)" if ctx.is_host else ctx.device["name"]
+    measured_on = "the host emulation (IEEE float32 on the CPU)" if ctx.is_host else ctx.device["name"]
     return [ctx.finding(
         "error_growth", "numerics", "rms_error_ratio_vs_fp64", worst["rms_ratio"], "", {"D": worst["D"], "chunk": 64},
         f"chunked linear attention vs the FP64 recurrence, RMS error / RMS reference over decay gates None, 10, 1, "
-        f"0.1: " + "; ".join(parts) + f", on {where}",
+        f"0.1: " + "; ".join(parts) + f", on {measured_on}",
         {"samples": [r["rms_ratio"] for r in rows], "test": "tests/test_linear_attention.py",
          "table": ctx.table_path("numerics")})]
 
