@@ -75,8 +75,9 @@ def test_defines_are_preprocessor_macros_and_part_of_the_key(backend: str, rng: 
 
 
 def test_compile_stages_and_caches(backend: str, rng: np.random.Generator) -> None:
-    # A unique define makes a library this process (and the disk cache) never saw.
-    fresh = {"SCALE": 1.5}, {"UNIQUE": str(rng.integers(1 << 62))}
+    # A define the kernel uses, with a value never used before: a library this process (and the disk
+    # cache) never saw.
+    fresh = {"SCALE": 1.5}, {"OFFSET": f"{rng.integers(1 << 40)}.0f"}
     first = ap.Kernel(SOURCE, "scale", constants=fresh[0], defines=fresh[1]).info(backend)
     assert first.cache == "compiled" and first.library_origin == "source"
     assert first.library_seconds > 0 and first.compile_seconds >= first.library_seconds

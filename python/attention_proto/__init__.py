@@ -24,6 +24,7 @@ from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
 from .msl import kernels_in
 from .protos.flash_attention import flash_attention, flash_attention_timed
 from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
+from .protos.linear_attention import linear_attention, linear_attention_timed
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -55,6 +56,8 @@ __all__ = [
     "in_package_memory",
     "is_page_aligned",
     "kernels_in",
+    "linear_attention",
+    "linear_attention_timed",
     "paged_attention",
     "paged_attention_timed",
     "paged_kv_write",

@@ -117,3 +117,35 @@ def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, blo
         weights = np.exp(scores - scores.max(axis=1, keepdims=True))
         out[s] = np.einsum("hl,hld->hd", weights, v64) / weights.sum(axis=1, keepdims=True)
     return out
+
+
+def linear_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None = None, *,
+                     scale: float | None = None,
+                     initial_state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Linear attention with a scalar decay gate, as the naive recurrence in float64, per batch and head:
+    ``S_t = exp(g_t) S_{t-1} + k_t v_t^T`` (``S_{-1}`` = the initial state, or zeros) and
+    ``o_t = scale * q_t S_t``.
+
+    Args:
+        q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]`` (FLA's layout); any float dtype.
+        g: ``[B, T, H]`` log decay, or None for no decay (``g = 0``).
+        scale: ``K ** -0.5`` when None.
+        initial_state: ``[B, H, K, V]``, or None.
+
+    Returns:
+        ``(o, final_state)``: o ``[B, T, H, V]`` and the state after the last step ``[B, H, K, V]``, float64.
+    """
+    if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"expected q, k [B, T, H, K] and v [B, T, H, V], got {q.shape}, {k.shape}, {v.shape}")
+    batch, steps, heads, key_dim = q.shape
+    scale = key_dim ** -0.5 if scale is None else float(scale)
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    decay = np.ones((batch, steps, heads)) if g is None else np.exp(g.astype(np.float64))
+    state = np.zeros((batch, heads, key_dim, v.shape[3]))
+    if initial_state is not None:
+        state = state + initial_state.astype(np.float64)
+    out = np.empty((batch, steps, heads, v.shape[3]))
+    for t in range(steps):
+        state = decay[:, t, :, None, None] * state + k64[:, t, :, :, None] * v64[:, t, :, None, :]
+        out[:, t] = scale * np.einsum("bhk,bhkv->bhv", q64[:, t], state)
+    return out, state
