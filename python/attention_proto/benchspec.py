@@ -24,6 +24,7 @@ import numpy as np
 from attention_proto import bench, kb, plots
 
 Row = dict[str, Any]
+HOST_EMULATION_LABEL = "host-backend emulation"  # what a CPU timing of the MSL-on-CPU backend is
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,15 +155,17 @@ class Context:
         raise KeyError(f"{self.spec.proto} has no question {qid!r} (questions: {[q.id for q in self.spec.questions]})")
 
     def finding(self, question: str, kind: str, metric: str, value: float, unit: str, config: Mapping[str, Any],
-                claim: str, evidence: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> kb.Finding:
+                claim: str, evidence: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                cpu_label: str = HOST_EMULATION_LABEL) -> kb.Finding:
         """A finding answering ``question`` on this device. The id comes from ``config`` alone (``extra``,
         e.g. the winning tile, joins the stored config), so a re-run replaces it; performance claims
-        measured off the Apple GPU start with a "CPU result" label."""
+        measured off the Apple GPU start with ``cpu_label`` (by default the host-backend emulation's;
+        a bench timing native CPU code, e.g. a Rust framework's CPU backend, names that instead)."""
         q = self.question(question)
         if kind not in q.kinds:
             raise ValueError(f"question {question!r} is answered by {q.kinds} findings, not {kind!r}")
         if kind == "performance" and self.is_host:
-            claim = "CPU result (host-backend emulation, not an Apple GPU): " + claim
+            claim = f"CPU result ({cpu_label}, not an Apple GPU): " + claim
         return kb.Finding(id=kb.make_id(self.spec.proto, metric, config, self.backend), proto=self.spec.proto,
                           kind=kind, question=question, claim=claim, metric=metric, value=value, unit=unit,
                           config={**config, **(extra or {})}, device=self.device, evidence=dict(evidence))
