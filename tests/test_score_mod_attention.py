@@ -15,7 +15,7 @@ import pytest
 from conftest import poisoned
 
 import attention_proto as ap
-from attention_proto import reference
+from attention_proto import _core, reference
 from attention_proto.protos import score_mod_attention as sm
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -205,6 +205,14 @@ def test_argument_errors(rng):
         ap.score_mod_attention(q, k[:, :1].repeat(3, axis=1), v[:, :1].repeat(3, axis=1))
     with pytest.raises(TypeError, match="k"):
         ap.score_mod_attention(q, k.astype(np.float16), v)
+    arrays = {"q": q, "k": k, "v": v, "out": np.empty_like(q)}  # the entry point's own checks of the graph
+    options = {"mode": "stitched", "causal": False, "scale": 1.0, "score_mod": USER_MSL, "score_mod_path": "p"}
+    with pytest.raises(ValueError, match="stitch_graph: an argument is an input index or nK"):
+        _core.score_mod_attention(arrays, {**options, "stitch_graph": "f:0,x1"}, "host", 1)
+    with pytest.raises(ValueError, match="stitch_graph: expected 'function:arg"):
+        _core.score_mod_attention(arrays, {**options, "stitch_graph": "f"}, "host", 1)
+    with pytest.raises(ValueError, match="stitch_graph is given with mode 'stitched' and only then"):
+        _core.score_mod_attention(arrays, {**options, "mode": "linked", "stitch_graph": "f:0"}, "host", 1)
 
 
 def test_link_errors_say_what_metal_rejects(host_only):

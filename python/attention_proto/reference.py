@@ -153,12 +153,9 @@ def linear_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray 
 
 def score_mod_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, score_mod, *, causal: bool = False,
                         scale: float | None = None) -> np.ndarray:
-    """``softmax(score_mod(scale * Q K^T, b, h, i, j) + mask) V`` in float64 (FlexAttention's score_mod).
-
-    `score_mod(scores, batch, head, q_idx, kv_idx)` takes the float64 scores ``[B, Hq, Nq, Nk]`` and
-    index arrays broadcastable to them; -inf masks a key. The causal mask comes after the modifier; a
-    row whose keys are all masked outputs 0 (as :func:`attention`).
-    """
+    """``softmax(score_mod(scale * Q K^T, b, h, i, j) + mask) V`` in float64 (FlexAttention's score_mod):
+    `score_mod(scores [B, Hq, Nq, Nk], batch, head, q_idx, kv_idx)` with broadcastable index arrays; -inf
+    masks a key; the causal mask comes after it; a row whose keys are all masked outputs 0."""
     batch, q_heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)

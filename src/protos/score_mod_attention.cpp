@@ -12,9 +12,9 @@ namespace {
 
 constexpr int64_t kMaxHeadDim = 128;  // MAX_HEAD_DIM in the shader (register arrays)
 constexpr uint32_t kRows = 32, kBlockK = 32;  // ROWS, BLOCK_K in the shader
-const char* kPrelude = "#include <metal_stdlib>\nusing namespace metal;\n";
-const std::string kSignature = "(float score, uint batch, uint head, uint q_idx, uint kv_idx)";
-const std::string kCall = "(score, batch, head, q_idx, kv_idx)";
+const std::string kPrelude = "#include <metal_stdlib>\nusing namespace metal;\n",
+                  kSignature = "(float score, uint batch, uint head, uint q_idx, uint kv_idx)",
+                  kCall = "(score, batch, head, q_idx, kv_idx)";
 
 // "f:0,1,2,3,4;g:n0,1,2,3,4" -> the nodes of a stitching graph (nK = node K's result).
 StitchingGraph parse_graph(const Call& c, const std::string& text) {
@@ -47,7 +47,7 @@ std::vector<Launch> plan(const Call& c) {
             "mode must be 'inline', 'linked', 'table' or 'stitched', got '" + mode + "'");
   c.require((mode == "stitched") == !graph.empty(), "stitch_graph is given with mode 'stitched' and only then");
   // The user's text keeps its own name and line numbers in compiler messages.
-  const std::string user = kPrelude + std::string("#line 1 \"") + path + "\"\n" + c.text("score_mod") + "\n";
+  const std::string user = kPrelude + "#line 1 \"" + path + "\"\n" + c.text("score_mod") + "\n";
   const std::string wrapper = "#line 1 \"<score_mod_attention: " + mode + " wrapper>\"\n";
 
   Launch l;
@@ -63,8 +63,8 @@ std::vector<Launch> plan(const Call& c) {
     l.pipeline.linked_functions = {"score_mod_linked"};
   } else {
     const std::string name = mode == "table" ? "score_mod_table_0" : "score_mod_linked";
-    l.pipeline.libraries = {Source{user + wrapper + "[[visible]] float " + name + kSignature + " {\n  return score_mod" +
-                                       kCall + ";\n}\n", path, {}}};
+    l.pipeline.libraries = {Source{user + wrapper + "[[visible]] float " + name + kSignature + " { return score_mod" +
+                                       kCall + "; }\n", path, {}}};
     (mode == "table" ? l.pipeline.table_functions : l.pipeline.linked_functions) = {name};
     if (mode == "table") l.args.function_tables = {{5, {name}}};
   }
@@ -78,10 +78,8 @@ std::vector<Launch> plan(const Call& c) {
 }
 
 const std::vector<std::string> kFloats = {"float32", "float16", "bfloat16"};
-
 const Proto kScoreModAttention{
-    "score_mod_attention",
-    "score_mod_attention.metal",
+    "score_mod_attention", "score_mod_attention.metal",
     "Attention with a score modifier: out = softmax(score_mod(scale * q k^T, b, h, i, j) + mask) v.",
     {{"q", "B Hq Nq D", kFloats}, {"k", "B Hkv Nk D", {"=q"}}, {"v", "B Hkv Nk D", {"=q"}},
      {"out", "B Hq Nq D", {"=q"}, true}},

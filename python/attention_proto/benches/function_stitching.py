@@ -1,12 +1,8 @@
-"""Bench of prototype 2, user score functions in the attention inner loop: what a modifier costs per call when
-it is inlined, linked, called through a visible function table or stitched, relative to inline at the same
-shape (all modes side by side in one run, interleaved per modifier), and what each mode costs to build.
-
-``attention-proto bench function_stitching`` runs it (the bench keeps the issue's name for prototype 2; the
-kernel, entry point and tests are ``score_mod_attention``).
-On the host backend every time is the CPU time of the emulation, never an Apple-GPU result: there the
-"linked" and "stitched" modifiers are forwarded calls inside one C++ translation unit and the table is a
-function pointer, so the ratios say what a CPU makes of the call, not what Apple's linker does.
+"""Bench of prototype 2 (``attention-proto bench function_stitching``, the issue's name; the kernel and entry
+point are ``score_mod_attention``): a score modifier's kernel time when inlined, linked, called through a
+visible function table or stitched, relative to inline at the same shape, and each mode's build time.
+On the host backend every time is a CPU time of the emulation, never an Apple-GPU result: there "linked" and
+"stitched" are forwarded calls in one C++ translation unit and the table a function pointer.
 """
 from __future__ import annotations
 
@@ -40,11 +36,10 @@ def shape(ctx: Context) -> tuple[int, int, int, int]:
 
 
 def modifier(name: str, heads: int, fresh: bool = False) -> ScoreMod:
-    """The modifier `name` ("a+b" composes a, then b); `fresh` puts a unique comment in its text, which
-    defeats every cache, so its pipeline is built from nothing."""
+    """The modifier `name` ("a+b": a, then b); `fresh` adds a unique constant, so no cache has its pipeline."""
     mods = [ScoreMod.builtin(n, **({"num_heads": heads} if n == "alibi" else {})) for n in name.split("+")]
     if fresh:
-        nonce = time.time_ns() % (1 << 24)  # in the code, not a comment: the host's cache keys the translation
+        nonce = time.time_ns() % (1 << 24)  # in code, not a comment: the host's cache keys the translation
         mods.insert(0, ScoreMod.from_msl("float score_mod(float score, uint b, uint h, uint i, uint j) "
                                          f"{{ return score + 0.0f * {nonce}.0f; }}\n"))
     return mods[0] if len(mods) == 1 else stitch(*mods)
@@ -74,10 +69,6 @@ def relative_rows(ctx: Context) -> list[Row]:
             for r in rows if r["score_mod"] in inline]
 
 
-def compile_configs(ctx: Context) -> list[Row]:
-    return [{"mode": m, "sample": s} for s in range(2 if ctx.is_host else 3) for m in MODES]
-
-
 def build(ctx: Context, c: Row) -> Row:
     """Builds one pipeline from nothing (a fresh modifier text) and reads its stages."""
     b, h, n, d = shape(ctx)
@@ -94,16 +85,12 @@ def build(ctx: Context, c: Row) -> Row:
 # tests/test_score_mod_attention.py::test_link_errors_say_what_metal_rejects shows every message).
 REFUSALS = (
     ("extern function called but not linked", "pipeline creation fails: every extern call needs a linked function"),
-    ("linked name not [[visible]]/[[stitchable]]", "a library publishes only kernels, visible and stitchable "
-                                                   "functions (MTLLibrary functionNames)"),
+    ("linked name not [[visible]]/[[stitchable]]", "libraries publish only kernels, visible, stitchable functions"),
     ("extern signature differs from the linked function", "link error"),
     ("[[visible]] on a template", "a visible function is published by one name and signature"),
-    ("stitching node calls a non-[[stitchable]] function", "MTLFunctionStitchingGraph: 'add the stitchable "
-                                                          "attribute to each' function used"),
+    ("stitching node calls a non-[[stitchable]] function", "MTLFunctionStitchingGraph: each function stitchable"),
     ("stitching node arity or argument type mismatch", "stitched library creation fails"),
-    ("table entry not among the pipeline's linked functions", "function handles exist only for "
-                                                              "MTLLinkedFunctions.functions"),
-)
+    ("table entry not among the pipeline's linked functions", "handles exist for MTLLinkedFunctions.functions"))
 
 
 def refusal_rows(ctx: Context) -> list[Row]:
@@ -182,7 +169,7 @@ SPEC = BenchSpec(
                   plots=(Plot("bar", "score_mod", "median_ms", series="mode"),)),
         TableSpec("relative", "kernel time relative to inline (derived: median / inline median)", relative_rows,
                   plots=(Plot("bar", "score_mod", "vs_inline", series="mode"),)),
-        TableSpec("compile", "pipeline creation from a fresh modifier (alibi+softcap), per mode", compile_configs,
+        TableSpec("compile", "pipeline creation from a fresh modifier (alibi+softcap), per mode", lambda ctx: [{"mode": m, "sample": s} for s in range(2 if ctx.is_host else 3) for m in MODES],
                   build, plots=(Plot("bar", "mode", "compile_ms", series="sample"),)),
         TableSpec("refusals", "what Metal refuses (documentation) and the host enforces", refusal_rows, timed=False),
     ),

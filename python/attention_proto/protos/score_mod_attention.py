@@ -1,21 +1,15 @@
 """Prototype 2: user score functions in the attention inner loop (``shaders/score_mod_attention.metal``).
 
 ``score_mod_attention(q, k, v, score_mod)`` computes ``softmax(score_mod(scale * q k^T, b, h, i, j) + mask) v``
-(PyTorch FlexAttention's ``score_mod``: ``i`` is the query's row, 0..Nq-1, ``j`` the key's, 0..Nk-1; a
-modifier returning ``-INFINITY`` masks the key). The modifier is a built-in (:data:`BUILTINS`, by name or
-``ScoreMod.builtin(name, **params)``), the MSL of a user function
-``float score_mod(float score, uint batch, uint head, uint q_idx, uint kv_idx)``, or a composition
-(:func:`stitch`). It reaches the kernel in one of four ``mode`` s, which is what this prototype measures:
-
-* ``"inline"``: compiled into the kernel's own source;
-* ``"linked"``: a ``[[visible]]`` function of a library of its own, resolving the kernel's ``extern``
-  declaration when the pipeline is created (``MTLLinkedFunctions.privateFunctions``);
-* ``"table"``: called through a ``visible_function_table`` bound per dispatch;
-* ``"stitched"``: ``[[stitchable]]`` pieces composed by a function stitching graph, linked as above.
-
-Layouts and masks as prototype 1 (q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]``, bottom-right causal);
-D up to :data:`MAX_HEAD_DIM`; a row whose keys are all masked outputs 0. The C++ entry point checks every
-argument; an error in a user's MSL is a ShaderCompileError naming their text's ``path`` and line.
+(FlexAttention's ``score_mod``: ``i`` the query's row 0..Nq-1, ``j`` the key's 0..Nk-1; ``-INFINITY`` masks the
+key). The modifier is a built-in (:data:`BUILTINS`), the MSL of ``float score_mod`` + :data:`SIGNATURE`, or a
+:func:`stitch` composition, and reaches the kernel in one of four :data:`MODES`: ``"inline"`` (compiled into the
+kernel), ``"linked"`` (a ``[[visible]]`` function of its own library resolving the kernel's ``extern``
+declaration: MTLLinkedFunctions.privateFunctions), ``"table"`` (called through a ``visible_function_table``
+bound per dispatch) or ``"stitched"`` (``[[stitchable]]`` pieces composed by a function stitching graph, then
+linked). Layouts and masks as prototype 1; D up to :data:`MAX_HEAD_DIM`; a row whose keys are all masked
+outputs 0. The C++ entry point checks every argument; an error in a user's MSL is a ShaderCompileError
+naming the text's ``path`` and line.
 """
 from __future__ import annotations
 
@@ -30,13 +24,10 @@ from .. import _core, memory
 
 MAX_HEAD_DIM: int = _core.proto_facts("score_mod_attention")["max_head_dim"][0]
 """Largest head dim (the kernel keeps a query row and its accumulator in registers)."""
-
 MODES: tuple[str, ...] = ("inline", "linked", "table", "stitched")
 """How the modifier reaches the kernel (see the module docs)."""
-
 SIGNATURE = "(float score, uint batch, uint head, uint q_idx, uint kv_idx)"
 _ARGS = "(score, batch, head, q_idx, kv_idx)"
-
 # A reference: float64 scores [..., Nq, Nk] and broadcastable batch, head, q_idx, kv_idx index arrays.
 Reference = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -58,8 +49,7 @@ class ScoreMod:
         """A user modifier: `msl` defines ``float score_mod`` + :data:`SIGNATURE` (compiler messages
         name `path` and the text's own lines)."""
         if not isinstance(msl, str) or "score_mod" not in msl:
-            raise ValueError("score_mod MSL must define float score_mod(float score, uint batch, uint head, "
-                             "uint q_idx, uint kv_idx)")
+            raise ValueError(f"score_mod MSL must define float score_mod{SIGNATURE}")
         return ScoreMod("user", msl, reference, path)
 
     @staticmethod
@@ -89,16 +79,15 @@ class ScoreMod:
             nodes.append(f"score_mod_stitch_{i}:" + ("0" if i == 0 else f"n{i - 1}") + ",1,2,3,4")
         return msl, ";".join(nodes)
 
-    def apply(self, score: np.ndarray, batch: np.ndarray, head: np.ndarray, q_idx: np.ndarray,
-              kv_idx: np.ndarray) -> np.ndarray:
-        """The FP64 reference of this modifier (raises ValueError when it has none)."""
+    def apply(self, score: np.ndarray, *idx: np.ndarray) -> np.ndarray:
+        """The FP64 reference of this modifier at (batch, head, q_idx, kv_idx) `idx`; ValueError if none."""
         if self.pieces:
             for p in self.pieces:
-                score = p.apply(score, batch, head, q_idx, kv_idx)
+                score = p.apply(score, *idx)
             return score
         if self.reference is None:
             raise ValueError(f"score_mod {self.name!r} has no reference")
-        return np.broadcast_to(self.reference(score, batch, head, q_idx, kv_idx), score.shape)
+        return np.broadcast_to(self.reference(score, *idx), score.shape)
 
 
 def _builtin(name: str, body: str, reference: Reference, prelude: str = "") -> ScoreMod:
@@ -151,14 +140,12 @@ def relative_bias(table: Sequence[Sequence[float]] | np.ndarray | None = None) -
     t = np.asarray(table, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] % 2 != 1 or not np.isfinite(t).all():
         raise ValueError(f"table must be finite [heads, 2M + 1], got shape {t.shape}")
-    heads, span = t.shape
-    m = span // 2
+    (heads, span), m = t.shape, t.shape[1] // 2
     rows = ", ".join("{" + ", ".join(_float(float(x), "table") for x in row) + "}" for row in t.astype(np.float32))
     prelude = f"constant float RELATIVE_BIAS[{heads}][{span}] = {{{rows}}};\n"
-    body = (f"return score + RELATIVE_BIAS[head % {heads}u][clamp(int(kv_idx) - int(q_idx), -{m}, {m}) + {m}];")
-    t32 = t.astype(np.float32).astype(np.float64)
-    return _builtin("relative_bias", body, lambda s, b, h, i, j: s + t32[h % heads, np.clip(j - i, -m, m) + m],
-                    prelude)
+    body = f"return score + RELATIVE_BIAS[head % {heads}u][clamp(int(kv_idx) - int(q_idx), -{m}, {m}) + {m}];"
+    t32 = t.astype(np.float32).astype(np.float64)  # the table as the kernel holds it
+    return _builtin("relative_bias", body, lambda s, b, h, i, j: s + t32[h % heads, np.clip(j - i, -m, m) + m], prelude)
 
 
 BUILTINS: dict[str, Callable[..., ScoreMod]] = {
@@ -196,8 +183,7 @@ def score_mod_attention_timed(q: np.ndarray, k: np.ndarray, v: np.ndarray, score
                               *, mode: str = "inline", causal: bool = False, scale: float | None = None,
                               backend: str | None = None, out: np.ndarray | None = None,
                               repeat: int = 1) -> tuple[np.ndarray, _core.DispatchTiming]:
-    """Like :func:`score_mod_attention`, and also returns the DispatchTiming (GPU time on Metal, the CPU
-    wall time of the emulation on the host backend; per run with `repeat`)."""
+    """:func:`score_mod_attention` and its DispatchTiming (GPU time on Metal, CPU wall time on the host)."""
     shaped = isinstance(q, np.ndarray) and q.ndim == 4
     mod = _as_mod(score_mod, q.shape[1] if shaped else None)
     if shaped:
