@@ -19,12 +19,13 @@ from ._core import (
     ShaderCompileError,
 )
 from ._core import DeviceInfo, LaunchInfo, PipelineInfo
-from .kernel import DispatchTiming, Kernel
+from .kernel import DispatchTiming, FunctionTable, Kernel, StitchingGraph
 from .memory import aligned, empty, in_package_memory, is_page_aligned, zeros
 from .msl import kernels_in
 from .protos.flash_attention import flash_attention, flash_attention_timed
 from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
 from .protos.linear_attention import linear_attention, linear_attention_timed
+from .protos.score_mod_attention import ScoreMod, score_mod_attention, score_mod_attention_timed, stitch
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -63,4 +64,10 @@ __all__ = [
     "paged_kv_write",
     "shader_dir",
     "zeros",
+    "FunctionTable",
+    "ScoreMod",
+    "StitchingGraph",
+    "score_mod_attention",
+    "score_mod_attention_timed",
+    "stitch",
 ]

@@ -18,6 +18,68 @@ Size3 = int | Sequence[int]
 ConstantValue = bool | int | float | np.generic
 
 
+class FunctionTable:
+    """The entries of a ``visible_function_table`` argument, by name: pass it in that argument's
+    positional slot. Each name must be one of the kernel's ``table_functions``; the table is filled per
+    dispatch, so switching entries (or tables) between dispatches recompiles nothing."""
+
+    def __init__(self, functions: Sequence[str]):
+        if isinstance(functions, str) or not all(isinstance(f, str) and f.isidentifier() for f in functions):
+            raise TypeError(f"functions must be a sequence of function names, got {functions!r}")
+        self.functions = list(functions)
+
+    def __repr__(self) -> str:
+        return f"FunctionTable({self.functions!r})"
+
+
+class StitchingGraph:
+    """A function composed of ``[[stitchable]]`` functions (Metal's MTLFunctionStitchingGraph): input
+    nodes (the new function's parameters), function nodes (calls, in order) and an output node.
+
+    >>> g = StitchingGraph("softcap_after_alibi")
+    >>> x = [g.input(i) for i in range(5)]
+    >>> g.output(g.call("softcap", g.call("alibi", *x), *x[1:]))
+
+    Give it to ``Kernel(stitched=[g], libraries=[...])`` with the libraries holding the functions, and
+    link it by name (``linked_functions=["softcap_after_alibi"]``).
+    """
+
+    def __init__(self, function: str):
+        if not isinstance(function, str) or not function.isidentifier():
+            raise ValueError(f"function must be the new function's name, got {function!r}")
+        self.function = function
+        self.nodes: list[tuple[str, list[int]]] = []
+        self._output: int | None = None
+
+    def input(self, index: int) -> int:
+        """The input node of the new function's parameter `index`."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"an input index is an int >= 0, got {index!r}")
+        return index
+
+    def call(self, function: str, *arguments: int) -> int:
+        """A function node calling `function` with input nodes or earlier function nodes; returns it."""
+        if not isinstance(function, str) or not function.isidentifier():
+            raise ValueError(f"function must be a function name, got {function!r}")
+        for a in arguments:
+            if isinstance(a, bool) or not isinstance(a, int) or a < -len(self.nodes):
+                raise ValueError(f"node arguments are input() or call() results of this graph, got {a!r}")
+        self.nodes.append((function, list(arguments)))
+        return -len(self.nodes)  # node n is -1 - n
+
+    def output(self, node: int) -> None:
+        """Makes `node` (a call() result) the output node; it must be the last call."""
+        if node != -len(self.nodes) or not self.nodes:
+            raise ValueError("the output node must be the graph's last call() (Metal evaluates nodes in order)")
+        self._output = node
+
+    def spec(self) -> tuple[str, list[tuple[str, list[int]]]]:
+        """``(function, nodes)`` as the core takes it."""
+        if self._output is None:
+            raise ValueError(f"stitching graph {self.function!r} has no output node (call output())")
+        return self.function, self.nodes
+
+
 def _size3(value: Size3, name: str) -> list[int]:
     dims = [value] if isinstance(value, (int, np.integer)) else list(value) if isinstance(value, Sequence) else None
     if dims is None or not 1 <= len(dims) <= 3 or \
@@ -41,12 +103,19 @@ class Kernel:
     A pipeline is specified by ``constants`` (function-constant values, by name or index), ``defines``
     (preprocessor macros), ``linked_functions`` (``[[visible]]`` functions linked at creation) and
     ``max_threads_per_threadgroup`` (a hint the pipeline is built with; 0 = the device limit).
+    Linking (Metal's MTLLinkedFunctions, the same semantics on the host backend): ``linked_functions``
+    resolve the kernel's ``extern`` declarations; ``table_functions`` may fill its
+    ``visible_function_table`` arguments (pass a :class:`FunctionTable` in that slot); both name
+    ``[[visible]]`` functions of the source, of ``libraries`` (MSL texts, or ``(text, path)`` pairs,
+    each compiled on its own) or functions ``stitched`` from the libraries' ``[[stitchable]]``
+    functions by :class:`StitchingGraph` s.
     """
 
     def __init__(self, source: str, function: str, *, constants: Mapping[str | int, ConstantValue] | None = None,
                  defines: Mapping[str, str | int | float] | None = None, linked_functions: Sequence[str] = (),
                  max_threads_per_threadgroup: int = 0, path: str | os.PathLike[str] | None = None,
-                 include_dirs: Sequence[str | os.PathLike[str]] = ()):
+                 include_dirs: Sequence[str | os.PathLike[str]] = (), table_functions: Sequence[str] = (),
+                 libraries: Sequence[str | tuple[str, str]] = (), stitched: Sequence[StitchingGraph] = ()):
         if not isinstance(source, str) or not source.strip():
             raise TypeError("source must be the MSL text of the kernel (a non-empty str)")
         if not isinstance(function, str) or not function.isidentifier():
@@ -61,6 +130,12 @@ class Kernel:
         self.max_threads_per_threadgroup = max_threads_per_threadgroup
         self.path = str(path) if path is not None else f"<{function}>"
         self.include_dirs = [str(d) for d in include_dirs]
+        self.table_functions = [str(f) for f in table_functions]
+        self.libraries = [(lib, f"<library {i}>") if isinstance(lib, str) else (str(lib[0]), str(lib[1]))
+                          for i, lib in enumerate(libraries)]
+        if not all(isinstance(g, StitchingGraph) for g in stitched):
+            raise TypeError("stitched must be a sequence of StitchingGraph")
+        self.stitched = [g.spec() for g in stitched]
         self._pipelines: dict[str, _core.Pipeline] = {}
 
     @classmethod
@@ -78,7 +153,8 @@ class Kernel:
         if name not in self._pipelines:
             self._pipelines[name] = _core.pipeline(self.source, self.path, self.include_dirs, self.function,
                                                    self.constants, self.defines, self.linked_functions,
-                                                   self.max_threads_per_threadgroup, name)
+                                                   self.max_threads_per_threadgroup, name, self.table_functions,
+                                                   self.libraries, self.stitched)
         return self._pipelines[name]
 
     def info(self, backend: str | None = None) -> PipelineInfo:
@@ -109,5 +185,7 @@ class Kernel:
             tg[int(index)] = int(nbytes)
         if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)):
             raise TypeError(f"repeat must be an int, got {type(repeat).__name__}")
-        return _core.dispatch(self.pipeline(backend), list(args), _size3(grid, "grid"),
-                              _size3(threadgroup, "threadgroup"), tg, bool(checked), int(repeat))
+        tables = {i: a.functions for i, a in enumerate(args) if isinstance(a, FunctionTable)}
+        buffers = [None if isinstance(a, FunctionTable) else a for a in args]
+        return _core.dispatch(self.pipeline(backend), buffers, _size3(grid, "grid"),
+                              _size3(threadgroup, "threadgroup"), tg, bool(checked), int(repeat), tables)

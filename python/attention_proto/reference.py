@@ -149,3 +149,25 @@ def linear_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray 
         state = decay[:, t, :, None, None] * state + k64[:, t, :, :, None] * v64[:, t, :, None, :]
         out[:, t] = scale * np.einsum("bhk,bhkv->bhv", q64[:, t], state)
     return out, state
+
+
+def score_mod_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, score_mod, *, causal: bool = False,
+                        scale: float | None = None) -> np.ndarray:
+    """``softmax(score_mod(scale * Q K^T, b, h, i, j) + mask) V`` in float64 (FlexAttention's score_mod):
+    `score_mod(scores [B, Hq, Nq, Nk], batch, head, q_idx, kv_idx)` with broadcastable index arrays; -inf
+    masks a key; the causal mask comes after it; a row whose keys are all masked outputs 0."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    kv = np.arange(q_heads) // (q_heads // kv_heads)
+    k64, v64 = k.astype(np.float64)[:, kv], v.astype(np.float64)[:, kv]
+    scores = scale * (q.astype(np.float64) @ np.swapaxes(k64, -1, -2))  # [B, Hq, Nq, Nk]
+    scores = np.broadcast_to(score_mod(scores, np.arange(batch)[:, None, None, None],
+                                       np.arange(q_heads)[None, :, None, None], np.arange(q_len)[:, None],
+                                       np.arange(kv_len)[None, :]), scores.shape)
+    if causal:
+        scores = np.where(causal_mask(q_len, kv_len), scores, -np.inf)
+    row_max = scores.max(axis=-1, keepdims=True)
+    seen = np.isfinite(row_max)
+    weights = np.exp(scores - np.where(seen, row_max, 0.0))
+    return (weights @ v64) / np.where(seen, weights.sum(axis=-1, keepdims=True), 1.0)

@@ -5,6 +5,7 @@
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -265,24 +266,41 @@ void init_runtime(nb::module_& m) {
       "pipeline",
       [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
          const std::string& function, const nb::dict& constants, const std::map<std::string, std::string>& defines,
-         const std::vector<std::string>& linked_functions, uint32_t max_threads, const std::string& backend) {
+         const std::vector<std::string>& linked_functions, uint32_t max_threads, const std::string& backend,
+         const std::vector<std::string>& table_functions,
+         const std::vector<std::pair<std::string, std::string>>& libraries,
+         const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int>>>>>& stitched) {
         PipelineSpec spec{function, to_constants(constants), defines, linked_functions, max_threads};
+        spec.table_functions = table_functions;
+        for (const auto& [text, lib_path] : libraries) spec.libraries.push_back({text, lib_path, include_dirs});
+        for (const auto& [name, nodes] : stitched) {
+          StitchingGraph g{name, {}};
+          for (const auto& [fn, args] : nodes) g.nodes.push_back({fn, args});
+          spec.stitched.push_back(g);
+        }
         Backend& b = get_backend(backend);
         Source source{text, path, include_dirs};
         nb::gil_scoped_release release;  // compiling takes seconds
         return BoundPipeline{b.info().backend, b.pipeline(source, spec)};
       },
       "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a, "defines"_a, "linked_functions"_a,
-      "max_threads_per_threadgroup"_a, "backend"_a = "",
+      "max_threads_per_threadgroup"_a, "backend"_a = "", "table_functions"_a = std::vector<std::string>{},
+      "libraries"_a = std::vector<std::pair<std::string, std::string>>{},
+      "stitched"_a = std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int>>>>>{},
       "Builds (or fetches from the caches) the pipeline of `function` specialised by `constants` (keys: constant "
-      "names, or ints for [[function_constant(i)]] indices) and preprocessor `defines`.");
+      "names, or ints for [[function_constant(i)]] indices) and preprocessor `defines`, linking `linked_functions` "
+      "(they resolve `extern` declarations) and `table_functions` (for visible_function_table arguments) from the "
+      "source, `libraries` ((text, path) pairs, compiled on their own) and `stitched` graphs ((name, [(function, "
+      "arguments)]): an argument >= 0 is an input, -1 - n the result of node n; the last node is the output).");
 
   m.def(
       "dispatch",
       [](BoundPipeline& p, const nb::list& args, const std::vector<int64_t>& grid, const std::vector<int64_t>& threadgroup,
-         const std::map<uint32_t, uint64_t>& threadgroup_memory, bool checked, uint32_t repeat) {
+         const std::map<uint32_t, uint64_t>& threadgroup_memory, bool checked, uint32_t repeat,
+         const std::map<uint32_t, std::vector<std::string>>& function_tables) {
         std::vector<nb::object> keep;  // holds scalars' bytes alive across the dispatch
         Dispatch step{p.pipeline, to_buffers(args, keep), {}};
+        step.args.function_tables = function_tables;
         step.args.grid = size3(grid, "grid");
         step.args.threadgroup = size3(threadgroup, "threadgroup");
         step.args.threadgroup_memory = threadgroup_memory;
@@ -306,9 +324,11 @@ void init_runtime(nb::module_& m) {
         return r;
       },
       "pipeline"_a, "args"_a, "grid"_a, "threadgroup"_a, "threadgroup_memory"_a, "checked"_a = false, "repeat"_a = 1,
+      "function_tables"_a = std::map<uint32_t, std::vector<std::string>>{},
       "Runs one dispatch `repeat` times and waits. `args` bind to [[buffer(0)]], [[buffer(1)]], ...: numpy arrays in "
       "place (dtype checked against the parameter's element type), numpy scalars and bytes as constant data, None "
-      "unbound. `grid` counts threadgroups.");
+      "unbound. `grid` counts threadgroups. `function_tables` fills visible_function_table arguments: [[buffer(n)]] -> "
+      "table functions of the pipeline, in table order.");
 }
 
 }  // namespace aproto::bindings

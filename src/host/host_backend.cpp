@@ -11,6 +11,7 @@
 
 #include "host/checked_memory.hpp"
 #include "host/compiler.hpp"
+#include "host/link.hpp"
 #include "host/scheduler.hpp"
 #include "host/translate.hpp"
 #include "runtime/arguments.hpp"
@@ -106,16 +107,17 @@ class HostBackend : public Backend {
       if (it != cache_.end()) return std::make_shared<HostPipeline>(it->second, true);
     }
     check_constant_names(resolved, spec.constants, "[host] " + spec.key());
-    if (!spec.linked_functions.empty())
-      throw CompileError("[host] " + spec.key() + ": linked functions are not supported by the host backend yet "
-                         "(prototype 2 adds them)");
     auto v = std::make_shared<HostVariant>();
     PipelineInfo& info = v->info;
     info.function = spec.function;
     info.key = spec.key();
     info.arguments = kernel_arguments(resolved, spec.function, name, spec.constants);
     const auto t0 = Clock::now();
-    const std::string cpp = host::translate(resolved, spec.function, spec.constants, name);
+    std::string cpp = host::translate(resolved, spec.function, spec.constants, name, spec.table_functions);
+    // Linking is part of the one compile: a pipeline with linked functions is one shared object.
+    if (!spec.linked_functions.empty() || !spec.table_functions.empty() || !spec.libraries.empty() ||
+        !spec.stitched.empty() || resolved.find("extern") != std::string::npos)
+      cpp = host::link_pipeline(cpp, resolved, name, spec);
     const double translate_seconds = seconds_since(t0);
     host::CompiledKernel compiled = host::compile_kernel(cpp, spec.function);
     v->desc = compiled.desc;
@@ -177,6 +179,7 @@ class HostBackend : public Backend {
     std::map<Range, bool> written;
     for (uint32_t i = 0; i < k->n_buffers; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
+      if (args.function_tables.count(b.index)) continue;  // bound below to the table the dispatch fills
       const BufferArg& a = buffers[b.index];  // validate_dispatch checked every slot is bound
       if (a.nbytes < b.min_bytes)
         throw ArgumentError(who + ": [[buffer(" + std::to_string(b.index) + ")]] '" + b.name + "' (" + b.type +
@@ -195,8 +198,34 @@ class HostBackend : public Backend {
       }
     }
     launch.buffers.assign(buffers.size(), nullptr);
+    std::map<uint32_t, std::vector<void*>> entries;  // visible_function_table slots: the chosen functions
+    std::map<uint32_t, aproto_function_table> tables;
+    for (const auto& [index, names] : args.function_tables) {
+      for (const std::string& name : names) {
+        uint32_t f = 0, b = 0;
+        while (f < k->n_functions && name != k->function_names[f]) f++;
+        while (b < k->n_buffers && k->buffers[b].index != index) b++;
+        if (f == k->n_functions) {
+          std::string known;
+          for (uint32_t j = 0; j < k->n_functions; j++) known += (j ? ", " : "") + std::string(k->function_names[j]);
+          throw ArgumentError(who + ": function table [[buffer(" + std::to_string(index) + ")]] names '" + name +
+                              "', which is not one of the pipeline's table functions (" +
+                              (known.empty() ? std::string("none: give them as table_functions") : known) + ")");
+        }
+        if (!k->function_fits[b * k->n_functions + f])
+          throw ArgumentError(who + ": '" + name + "' does not have the signature of the function table '" +
+                              k->buffers[b].name + "' (" + k->buffers[b].type + ")");
+        entries[index].push_back(k->functions[f]);
+      }
+      tables[index] = {entries[index].data(), entries[index].size()};
+      if (launch.buffers.size() <= index) launch.buffers.resize(index + 1, nullptr);
+    }
     for (uint32_t i = 0; i < k->n_buffers; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
+      if (tables.count(b.index)) {
+        launch.buffers[b.index] = &tables[b.index];
+        continue;
+      }
       const BufferArg& a = buffers[b.index];
       auto copy = copies.find({a.data, a.nbytes});
       launch.buffers[b.index] = copy != copies.end() ? copy->second->data() : a.data;
@@ -220,6 +249,7 @@ class HostBackend : public Backend {
     }
     for (uint32_t i = 0; i < k->n_buffers && checked; i++) {
       const aproto_buffer_desc& b = k->buffers[i];
+      if (tables.count(b.index)) continue;
       if (size_t under = copies.at({buffers[b.index].data, buffers[b.index].nbytes})->underrun_bytes())
         throw OutOfBoundsError(who + ": out-of-bounds write before the start of buffer " + std::to_string(b.index) +
                                " ('" + b.name + "'), " + std::to_string(under) + " bytes before offset 0");

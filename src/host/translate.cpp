@@ -103,14 +103,15 @@ struct Instance {
 class Translator {
  public:
   Translator(const std::string& source, const std::string& function, const Constants& constants,
-             const std::string& name)
-      : t_(preprocess(lex(source, name))), function_(function), constants_(constants), name_(name) {
+             const std::string& name, const std::vector<std::string>& table_functions = {})
+      : t_(preprocess(lex(source, name))), function_(function), constants_(constants), name_(name),
+        table_functions_(table_functions) {
     for (size_t i = 0; i < t_.size(); i++)
       if (t_[i].kind != Kind::Space && t_[i].kind != Kind::Directive) sig_.push_back(i);
     discover();
   }
 
-  std::string run() {
+  std::string run(bool entry = true) {
     select_target();
     parse_kernel_params();
     rewrite_function_constants();
@@ -123,9 +124,57 @@ class Translator {
     drop_attributes();
     rewrite_template_casts();
     rewrite_qualifiers_and_conversions();
-    std::string out = "#include \"aproto_metal.hpp\"\n";
+    std::string out = entry ? "#include \"aproto_metal.hpp\"\n" : "";
     for (const auto& tok : t_) out += tok.out;
-    return out + entry_point();
+    return entry ? out + entry_point() : out;
+  }
+
+  // [[visible]] / [[stitchable]] functions and extern declarations (see LinkFunction).
+  std::vector<LinkFunction> linkables() const {
+    std::vector<LinkFunction> out;
+    for (size_t k = 0; k + 5 < sig_.size(); k++) {
+      size_t head;
+      std::string attribute;
+      if (is(k, "[") && is(k + 1, "[") && (is(k + 2, "visible") || is(k + 2, "stitchable")) && is(k + 3, "]") &&
+          is(k + 4, "]")) {
+        attribute = s(k + 2).text;
+        head = k + 5;
+        if (k > 0 && is(k - 1, ">") && match_back(k - 1) != k - 1 && is(match_back(k - 1) - 1, "template"))
+          error(k + 2, "a [[" + attribute + "]] function cannot be a template: Metal publishes it under one name "
+                       "with one signature, like a kernel");
+      } else if (is(k, "extern") && s(k + 1).kind == Kind::Ident) {
+        attribute = "extern";
+        head = k + 1;
+      } else {
+        continue;
+      }
+      size_t open = head;
+      while (open < sig_.size() && !is(open, "(") && !is(open, ";") && !is(open, "{") && !is(open, "=")) open++;
+      if (!is(open, "(") || open < head + 2 || s(open - 1).kind != Kind::Ident) {
+        if (attribute == "extern") continue;  // an extern variable
+        error(k + 2, "[[" + attribute + "]] applies to a function definition here");
+      }
+      LinkFunction f;
+      f.name = s(open - 1).text;
+      f.attribute = attribute;
+      f.result = type_text(head, open - 1);
+      f.where = s(open - 1).file + ":" + std::to_string(s(open - 1).line);
+      const size_t close = match(open);
+      for (auto [a, b] : split_top_level(open + 1, close)) {
+        size_t end = b;
+        for (size_t j = a; j < b; j++)
+          if (is(j, "=")) { end = j; break; }
+        const bool named = end > a + 1 && s(end - 1).kind == Kind::Ident && !scalar_types().count(s(end - 1).text) &&
+                           !is_vector_name(s(end - 1).text);
+        std::string type = type_text(a, named ? end - 1 : end);
+        if (type != "void") f.params.push_back(type);
+      }
+      if (attribute != "extern" && !is(close + 1, "{") && !is(close + 1, "const")) f.attribute = "extern";
+      if (f.attribute == "extern" && !is(close + 1, ";")) continue;  // `extern` on a definition: not a link request
+      out.push_back(f);
+      k = close;
+    }
+    return out;
   }
 
   std::vector<KernelParameter> parameters() {
@@ -146,6 +195,7 @@ class Translator {
   std::string function_;
   const Constants& constants_;
   std::string name_;
+  std::vector<std::string> table_functions_;
   std::vector<KernelDef> defs_;
   std::vector<Instance> instances_;
   std::vector<std::pair<size_t, std::string>> published_;  // (sig position, name), in source order
@@ -459,7 +509,9 @@ class Translator {
       }
       if (p.attr != "buffer" && p.attr != "threadgroup" && !position_attributes().count(p.attr))
         error(k, "kernel parameter '" + p.name + "': [[" + p.attr + "]] is not supported by the host backend");
-      if ((p.attr == "buffer" || p.attr == "threadgroup") && !indirect)
+      const bool table = p.attr == "buffer" && (p.type.rfind("visible_function_table", 0) == 0 ||
+                                                p.type.rfind("metal::visible_function_table", 0) == 0);
+      if ((p.attr == "buffer" || p.attr == "threadgroup") && !indirect && !table)
         error(k, "kernel parameter '" + p.name + "': a [[" + p.attr + "]] parameter must be a pointer or reference");
       params_.push_back(p);
     }
@@ -1059,7 +1111,7 @@ class Translator {
   // The kernel's entry point. Parameter types come from the function's own type (through
   // aproto_rt::kernel_fn), so a template instance binds like a plain kernel.
   std::string entry_point() const {
-    std::string buffers, tg_args, args;
+    std::string buffers, tg_args, args, fits;
     uint32_t n_buffers = 0, n_tg = 0;
     for (size_t i = 0; i < params_.size(); i++) {
       const KernelParameter& p = params_[i];
@@ -1071,6 +1123,8 @@ class Translator {
         args += "::aproto_rt::buffer_arg<" + type + ">(aproto_b_[" + p.arg + "])";
         buffers += "  {" + p.arg + "u, \"" + p.name + "\", \"" + p.type + "\", ::aproto_rt::buffer_min_bytes<" + type +
                    ">(), ::aproto_rt::buffer_align<" + type + ">(), ::aproto_rt::buffer_readonly<" + type + ">()},\n";
+        for (const auto& f : table_functions_)
+          fits += "::aproto_rt::table_fits<" + type + ", decltype(&::" + f + ")>(), ";
         n_buffers++;
       } else if (p.attr == "threadgroup") {
         args += "(" + type + ")::aproto_rt::threadgroup_argument(" + p.arg + ")";
@@ -1085,6 +1139,14 @@ class Translator {
     out += "template <unsigned I> using aproto_arg_ = typename aproto_fn_::template arg<I>;\n";
     if (n_buffers) out += "const aproto_buffer_desc aproto_buffers_[] = {\n" + buffers + "};\n";
     if (n_tg) out += "const uint32_t aproto_threadgroup_args_[] = {" + tg_args + "};\n";
+    std::string names, pointers;
+    for (const auto& f : table_functions_) {
+      names += "\"" + f + "\", ";
+      pointers += "reinterpret_cast<void*>(&::" + f + "), ";
+    }
+    if (!table_functions_.empty())
+      out += "const char* const aproto_function_names_[] = {" + names + "};\nvoid* const aproto_functions_[] = {" +
+             pointers + "};\nconst unsigned char aproto_function_fits_[] = {" + fits + "0};\n";
     out += "void aproto_run_thread_(void* const* aproto_b_) {\n  (void)aproto_b_;\n"
            "  const aproto_thread_pos& aproto_pos_ = ::aproto_rt::pos();\n  (void)aproto_pos_;\n  " + call_ + "(" + args + ");\n}\n";
     out += "void aproto_bind_(const aproto_runtime* rt) { ::aproto_rt::g_rt = rt; }\n}  // namespace\n";
@@ -1092,7 +1154,10 @@ class Translator {
            "  APROTO_ABI_VERSION, \"" + function_ + "\", " + std::to_string(target_->max_threads) + "u, " +
            std::to_string(n_buffers) + "u, " +
            (n_buffers ? "aproto_buffers_" : "nullptr") + ", " + std::to_string(n_tg) + "u, " +
-           (n_tg ? "aproto_threadgroup_args_" : "nullptr") + ", aproto_bind_, aproto_run_thread_};\n";
+           (n_tg ? "aproto_threadgroup_args_" : "nullptr") + ", aproto_bind_, aproto_run_thread_, " +
+           std::to_string(table_functions_.size()) + "u, " +
+           (table_functions_.empty() ? "nullptr, nullptr, nullptr" : "aproto_function_names_, aproto_functions_, aproto_function_fits_") +
+           "};\n";
     return out;
   }
 };
@@ -1100,8 +1165,20 @@ class Translator {
 }  // namespace
 
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
-                      const std::string& source_name) {
-  return Translator(source, function, constants, source_name).run();
+                      const std::string& source_name, const std::vector<std::string>& table_functions) {
+  return Translator(source, function, constants, source_name, table_functions).run();
+}
+
+std::string translate_library(const std::string& source, const std::string& source_name) {
+  // An empty kernel to translate against: it reaches nothing, so the library's own code is all kept.
+  const Constants none;
+  return Translator(source + "\nkernel void aproto_library_anchor_() {}\n", "aproto_library_anchor_", none, source_name)
+      .run(false);
+}
+
+std::vector<LinkFunction> link_functions(const std::string& source, const std::string& source_name) {
+  const Constants none;
+  return Translator(source, "", none, source_name).linkables();
 }
 
 std::vector<KernelParameter> kernel_parameters(const std::string& source, const std::string& function,

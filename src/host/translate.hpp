@@ -26,8 +26,26 @@ namespace aproto::host {
 
 // The C++ translation unit of `function`. `source` is the include-resolved text (runtime/source.hpp);
 // `source_name` names it in messages until its first #line. Throws CompileError ("file:line: ...").
+// `table_functions` are the functions a visible_function_table may hold (PipelineSpec::table_functions):
+// the entry point exports their addresses, declared by then (host/link.cpp puts its glue before it).
 std::string translate(const std::string& source, const std::string& function, const Constants& constants,
-                      const std::string& source_name);
+                      const std::string& source_name, const std::vector<std::string>& table_functions = {});
+
+// The C++ of a library linked into another kernel's pipeline (no entry point, no #include of the
+// emulation header): its functions, every kernel body dropped.
+std::string translate_library(const std::string& source, const std::string& source_name);
+
+// A function declared for linking: a [[visible]] or [[stitchable]] definition a library publishes, or an
+// `extern` declaration (or a [[visible]] one without a body) that pipeline creation must resolve.
+struct LinkFunction {
+  std::string name;
+  std::string attribute;            // "visible", "stitchable" or "extern"
+  std::string result;               // return type, address spaces removed ("float")
+  std::vector<std::string> params;  // parameter types, the same way ("float", "uint", "const float*")
+  std::string where;                // "file:line" of its name
+};
+// Every such function of an include-resolved source, in source order. Throws CompileError.
+std::vector<LinkFunction> link_functions(const std::string& source, const std::string& source_name);
 
 // One parameter of a kernel as the entry point binds it.
 struct KernelParameter {

@@ -247,21 +247,92 @@ NS::SharedPtr<MTL::Function> specialise(MTL::Library* library, const PipelineSpe
 
 // The pipeline of `spec` as a descriptor. It builds the pipeline and is the binary archive's lookup key,
 // so pipeline() and archive_add() both take it from here and describe one spec identically.
-NS::SharedPtr<MTL::ComputePipelineDescriptor> pipeline_descriptor(MTL::Library* library, MTL::Function* fn,
-                                                                  const PipelineSpec& spec) {
+// Functions a pipeline links, by name (owned): looked up in `libraries` in order, the first that has one.
+using FunctionsByName = std::map<std::string, NS::SharedPtr<MTL::Function>>;
+FunctionsByName find_functions(const std::vector<MTL::Library*>& libraries, const std::vector<std::string>& names,
+                               const std::string& who) {
+  FunctionsByName out;
+  for (const std::string& name : names) {
+    for (MTL::Library* lib : libraries)
+      if (auto fn = NS::TransferPtr(lib->newFunction(ns_string(name)))) {
+        out[name] = fn;
+        break;
+      }
+    if (!out.count(name)) {
+      std::string where;
+      for (MTL::Library* lib : libraries) where += (where.empty() ? "" : "; ") + function_names(lib);
+      throw CompileError("[metal] " + who + ": linked function '" + name + "' not found in the kernel's library, "
+                         "its libraries or its stitching graphs (they have: " + where + ")");
+    }
+  }
+  return out;
+}
+
+// The stitched library of `spec.stitched` (owned): each graph's nodes call [[stitchable]] functions of
+// `libraries`; a node's argument is an input node (its index) or an earlier function node.
+NS::SharedPtr<MTL::Library> stitched_library(MTL::Device* device, const std::vector<MTL::Library*>& libraries,
+                                             const PipelineSpec& spec) {
+  std::vector<std::string> names;
+  for (const StitchingGraph& g : spec.stitched)
+    for (const auto& n : g.nodes) names.push_back(n.function);
+  const FunctionsByName functions = find_functions(libraries, names, spec.key());
+  std::vector<NS::SharedPtr<NS::Object>> keep;  // every node and graph, released once the descriptor holds them
+  std::vector<const NS::Object*> graphs, fns;
+  for (const auto& [name, fn] : functions) fns.push_back(fn.get());
+  for (const StitchingGraph& g : spec.stitched) {
+    std::vector<MTL::FunctionStitchingFunctionNode*> nodes;
+    std::vector<const NS::Object*> node_objects;
+    for (const auto& n : g.nodes) {
+      std::vector<const NS::Object*> args;
+      for (int a : n.arguments) {
+        if (a < 0) {
+          args.push_back(nodes.at(size_t(-1 - a)));
+          continue;
+        }
+        auto input = NS::TransferPtr(MTL::FunctionStitchingInputNode::alloc()->init(NS::UInteger(a)));
+        args.push_back(input.get());
+        keep.push_back(NS::RetainPtr<NS::Object>(input.get()));
+      }
+      auto node = NS::TransferPtr(MTL::FunctionStitchingFunctionNode::alloc()->init(
+          ns_string(n.function), NS::Array::array(args.data(), args.size()), NS::Array::array()));
+      nodes.push_back(node.get());
+      node_objects.push_back(node.get());
+      keep.push_back(NS::RetainPtr<NS::Object>(node.get()));
+    }
+    auto graph = NS::TransferPtr(MTL::FunctionStitchingGraph::alloc()->init(
+        ns_string(g.function), NS::Array::array(node_objects.data(), node_objects.size()), nodes.back(),
+        NS::Array::array()));
+    graphs.push_back(graph.get());
+    keep.push_back(NS::RetainPtr<NS::Object>(graph.get()));
+  }
+  auto desc = NS::TransferPtr(MTL::StitchedLibraryDescriptor::alloc()->init());
+  desc->setFunctionGraphs(NS::Array::array(graphs.data(), graphs.size()));
+  desc->setFunctions(NS::Array::array(fns.data(), fns.size()));
+  NS::Error* error = nullptr;
+  MTL::Library* lib = device->newLibrary(desc.get(), &error);
+  if (!lib) throw CompileError("[metal] " + spec.key() + ": stitching failed: " + error_text(error));
+  return NS::TransferPtr(lib);
+}
+
+NS::Array* function_array(const FunctionsByName& functions, const std::vector<std::string>& names) {
+  std::vector<const NS::Object*> objects;
+  for (const std::string& name : names) objects.push_back(functions.at(name).get());
+  return NS::Array::array(objects.data(), objects.size());
+}
+
+// `linked` holds the functions `spec` links (find_functions over the kernel's library, its libraries and
+// stitched library): linked_functions resolve the kernel's `extern` declarations (privateFunctions),
+// table_functions may fill its visible function tables (functions).
+NS::SharedPtr<MTL::ComputePipelineDescriptor> pipeline_descriptor(MTL::Function* fn, const PipelineSpec& spec,
+                                                                  const FunctionsByName& linked) {
   auto desc = NS::TransferPtr(MTL::ComputePipelineDescriptor::alloc()->init());
   desc->setComputeFunction(fn);
   if (spec.max_threads_per_threadgroup) desc->setMaxTotalThreadsPerThreadgroup(spec.max_threads_per_threadgroup);
-  if (!spec.linked_functions.empty()) {
-    std::vector<NS::SharedPtr<MTL::Function>> functions;  // released once the array holds them
-    std::vector<const NS::Object*> objects;
-    for (const std::string& name : spec.linked_functions) {
-      functions.push_back(library_function(library, name, spec.key() + ": linked function"));
-      objects.push_back(functions.back().get());
-    }
-    auto linked = NS::TransferPtr(MTL::LinkedFunctions::alloc()->init());
-    linked->setPrivateFunctions(NS::Array::array(objects.data(), objects.size()));
-    desc->setLinkedFunctions(linked.get());
+  if (!spec.linked_functions.empty() || !spec.table_functions.empty()) {
+    auto functions = NS::TransferPtr(MTL::LinkedFunctions::alloc()->init());
+    functions->setPrivateFunctions(function_array(linked, spec.linked_functions));
+    functions->setFunctions(function_array(linked, spec.table_functions));
+    desc->setLinkedFunctions(functions.get());
   }
   return desc;
 }
@@ -270,6 +341,7 @@ NS::SharedPtr<MTL::ComputePipelineDescriptor> pipeline_descriptor(MTL::Library* 
 struct MetalVariant {
   NS::SharedPtr<MTL::ComputePipelineState> state;
   PipelineInfo info;  // as first built
+  FunctionsByName table_functions;  // what visible function tables of this pipeline may hold
 };
 
 class MetalPipeline final : public Pipeline {
@@ -480,11 +552,29 @@ struct MetalBackend::State {
   // The descriptor of `spec`'s pipeline: its library (from wherever) and its specialised function, the
   // stages' origin and seconds recorded in `info`. Caller holds `mutex`.
   NS::SharedPtr<MTL::ComputePipelineDescriptor> describe(const Source& source, const Prepared& p,
-                                                         const PipelineSpec& spec, PipelineInfo& info) {
+                                                         const PipelineSpec& spec, PipelineInfo& info,
+                                                         FunctionsByName* tables = nullptr) {
     check_constant_names(p.parsed, spec.constants, "[metal] " + spec.key());
     MTL::Library* lib = library(source, p, spec.defines, info);
+    // Libraries to link from, compiled on their own (no defines: they are not the kernel's), then stitched.
+    std::vector<MTL::Library*> libs = {lib};
+    for (const Source& other : spec.libraries) {
+      PipelineInfo stages;
+      libs.push_back(library(other, prepare(other, PipelineSpec{}), {}, stages));
+      info.library_seconds += stages.library_seconds;
+    }
     const auto t0 = Clock::now();
-    auto desc = pipeline_descriptor(lib, specialise(lib, spec).get(), spec);  // the descriptor keeps the function
+    NS::SharedPtr<MTL::Library> stitched;
+    if (!spec.stitched.empty()) {
+      stitched = stitched_library(device.get(), {libs.begin() + 1, libs.end()}, spec);
+      libs.insert(libs.begin(), stitched.get());
+    }
+    std::vector<std::string> names = spec.linked_functions;
+    names.insert(names.end(), spec.table_functions.begin(), spec.table_functions.end());
+    const FunctionsByName linked = find_functions(libs, names, spec.key());
+    if (tables)
+      for (const std::string& name : spec.table_functions) (*tables)[name] = linked.at(name);
+    auto desc = pipeline_descriptor(specialise(lib, spec).get(), spec, linked);  // the descriptor keeps them
     info.function_seconds = seconds_since(t0);
     return desc;
   }
@@ -506,7 +596,7 @@ std::shared_ptr<Pipeline> MetalBackend::pipeline(const Source& source, const Pip
   PipelineInfo& info = v->info;
   info.function = spec.function;
   info.key = spec.key();
-  NS::SharedPtr<MTL::ComputePipelineDescriptor> desc = s_->describe(source, p, spec, info);
+  NS::SharedPtr<MTL::ComputePipelineDescriptor> desc = s_->describe(source, p, spec, info, &v->table_functions);
 
   const auto t0 = Clock::now();
   info.cache = "compiled";
@@ -565,11 +655,32 @@ DispatchResult MetalBackend::dispatch(const std::vector<Dispatch>& steps, uint32
   // so the steps need no barriers.
   MTL::ComputeCommandEncoder* enc = cmd->computeCommandEncoder();  // autoreleased
   if (!enc) throw DispatchError(who + ": cannot create a compute command encoder");
+  // Visible function tables, one per table argument of each step, filled with the functions it names
+  // (handles of this pipeline's linked functions); kept until the command buffer completes.
+  std::vector<std::map<uint32_t, NS::SharedPtr<MTL::VisibleFunctionTable>>> tables(steps.size());
+  for (size_t s = 0; s < steps.size(); s++) {
+    const MetalVariant& v = pipelines[s]->variant();
+    for (const auto& [index, names] : steps[s].args.function_tables) {
+      auto desc = NS::TransferPtr(MTL::VisibleFunctionTableDescriptor::alloc()->init());
+      desc->setFunctionCount(names.size());
+      auto table = NS::TransferPtr(v.state->newVisibleFunctionTable(desc.get()));
+      if (!table) throw DispatchError(who + ": cannot create a visible function table");
+      for (size_t i = 0; i < names.size(); i++) {
+        auto fn = v.table_functions.find(names[i]);
+        if (fn == v.table_functions.end())
+          throw ArgumentError(who + ": function table [[buffer(" + std::to_string(index) + ")]] names '" + names[i] +
+                              "', which is not one of the pipeline's table functions");
+        table->setFunction(v.state->functionHandle(fn->second.get()), i);
+      }
+      tables[s][index] = table;
+    }
+  }
   for (uint32_t r = 0; r < out.repeat; r++) {
     for (size_t s = 0; s < steps.size(); s++) {
       const Dispatch& step = steps[s];
       enc->setComputePipelineState(pipelines[s]->variant().state.get());
       memory.bind(enc, s, step.buffers);
+      for (const auto& [index, table] : tables[s]) enc->setVisibleFunctionTable(table.get(), index);
       // Lengths for the [[threadgroup(n)]] parameters the kernel declares (validate_dispatch checked each
       // has one); Metal wants multiples of 16 bytes.
       for (const ArgumentInfo& a : pipelines[s]->variant().info.arguments)

@@ -279,7 +279,17 @@ std::vector<std::shared_ptr<Pipeline>> build(const Call& call, Backend& backend,
   const std::string path = g_shader_dir + "/" + call.proto().shader;
   Source source{shader_text(path), path, {g_shader_dir}};
   std::vector<std::shared_ptr<Pipeline>> out;
-  for (const Launch& l : launches) out.push_back(backend.pipeline(source, l.pipeline));
+  for (const Launch& l : launches) {
+    if (!l.source) {
+      out.push_back(backend.pipeline(source, l.pipeline));
+      continue;
+    }
+    Source own = *l.source;
+    own.include_dirs.push_back(g_shader_dir);
+    PipelineSpec spec = l.pipeline;
+    for (Source& lib : spec.libraries) lib.include_dirs.push_back(g_shader_dir);
+    out.push_back(backend.pipeline(own, spec));
+  }
   return out;
 }
 

@@ -116,6 +116,8 @@ class Call {
 // One kernel launch a plan asks for.
 struct Launch {
   PipelineSpec pipeline;
+  std::optional<Source> source;  // instead of the prototype's shader file (e.g. with a user's code before it);
+                                 // the shader directory is added to its include directories
   std::vector<BufferArg> buffers;  // by [[buffer(i)]]
   DispatchArgs args;
   std::vector<std::shared_ptr<std::vector<uint8_t>>> owned;  // params structs the buffers point into

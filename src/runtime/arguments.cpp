@@ -65,6 +65,10 @@ bool constant_is_true(const std::string& name, const Constants& constants,
 
 }  // namespace
 
+bool is_function_table_type(const std::string& type) {
+  return type.rfind("visible_function_table", 0) == 0 || type.rfind("metal::visible_function_table", 0) == 0;
+}
+
 std::vector<ArgumentInfo> kernel_arguments(const std::string& text, const std::string& function,
                                            const std::string& path, const Constants& constants) {
   std::vector<ArgumentInfo> out;
@@ -73,6 +77,7 @@ std::vector<ArgumentInfo> kernel_arguments(const std::string& text, const std::s
     if (!p.condition.empty() && !constant_is_true(p.condition, constants, declared)) continue;
     ArgumentInfo a;
     a.kind = p.attr == "buffer" || p.attr == "threadgroup" ? p.attr : "position";
+    if (a.kind == "buffer" && is_function_table_type(p.type)) a.kind = "function_table";
     a.index = a.kind == "position" ? 0 : uint32_t(std::strtoul(p.arg.c_str(), nullptr, 0));
     a.name = p.name;
     a.type = p.type;
@@ -89,7 +94,7 @@ void validate_buffers(const std::string& who, const std::vector<ArgumentInfo>& a
                       const std::vector<BufferArg>& buffers) {
   uint32_t slots = 0;
   for (const auto& a : arguments)
-    if (a.kind == "buffer") slots = std::max(slots, a.index + 1);
+    if (a.kind == "buffer" || a.kind == "function_table") slots = std::max(slots, a.index + 1);
   size_t given = buffers.size();
   while (given > 0 && !buffers[given - 1].data) given--;  // trailing unbound slots are not arguments
   if (given > slots)

@@ -18,6 +18,9 @@ std::vector<ArgumentInfo> kernel_arguments(const std::string& text, const std::s
 // "atomic_uint" -> "uint32"), or "" for types without one (structs, void, templates).
 std::string numpy_dtype_of(const std::string& element);
 
+// Is a kernel parameter of this type (as ArgumentInfo::type spells it) a visible_function_table?
+bool is_function_table_type(const std::string& type);
+
 // Checks `buffers` against the kernel's buffer parameters (see validate_dispatch). `who` starts
 // messages, e.g. "[host] kernel 'gemm'".
 void validate_buffers(const std::string& who, const std::vector<ArgumentInfo>& arguments,

@@ -34,22 +34,41 @@ struct Source {
   std::vector<std::string> include_dirs;
 };
 
+// A function built from [[stitchable]] functions (Metal: an MTLFunctionStitchingGraph compiled into a
+// stitched library by MTLStitchedLibraryDescriptor). Node i calls `nodes[i].function` with arguments that
+// are graph inputs (index >= 0: the new function's parameter of that index) or earlier nodes' results
+// (-1 - n: node n). The last node's result is the function's result. Linked by name like any other.
+struct StitchingGraph {
+  struct Node {
+    std::string function;       // a [[stitchable]] function of the spec's libraries
+    std::vector<int> arguments;
+  };
+  std::string function;  // the new function's name
+  std::vector<Node> nodes;
+};
+
 // Everything that selects one pipeline from a source. Two specs with the same key() build the same
 // pipeline; every cache (memory, disk, binary archive) is keyed by it.
 struct PipelineSpec {
   std::string function;                        // the kernel's name
   Constants constants;                         // function-constant values (a specialisation)
   std::map<std::string, std::string> defines;  // preprocessor macros: NAME -> value ("" = defined empty)
-  std::vector<std::string> linked_functions;   // [[visible]] functions of the source linked at creation
+  std::vector<std::string> linked_functions;   // [[visible]] functions linked at creation, which resolve the
+                                               // kernel's `extern` declarations (MTLLinkedFunctions.privateFunctions)
   uint32_t max_threads_per_threadgroup = 0;    // maxTotalThreadsPerThreadgroup hint; 0 = device limit
+  std::vector<std::string> table_functions;    // [[visible]] functions callable through a visible_function_table
+                                               // (MTLLinkedFunctions.functions); dispatches fill tables with them
+  std::vector<Source> libraries;               // other libraries (compiled on their own) holding linked functions
+  std::vector<StitchingGraph> stitched;        // functions stitched from the libraries' [[stitchable]] functions
 
-  // e.g. "flash_attention_f16[BLOCK_K=32u,CAUSAL=true]{D=1}<link>@128"; only the non-empty parts.
+  // e.g. "flash_attention_f16[BLOCK_K=32u,CAUSAL=true]{D=1}<link>@128"; only the non-empty parts
+  // (tables, libraries by content hash and stitching graphs follow as |table:...|lib:...|stitch:...).
   std::string key() const;
 };
 
 // One parameter of a kernel, as declared in the source (the same parse on every backend).
 struct ArgumentInfo {
-  std::string kind;        // "buffer", "threadgroup" or "position"
+  std::string kind;        // "buffer", "threadgroup", "function_table" (a visible_function_table) or "position"
   uint32_t index = 0;      // [[buffer(n)]] / [[threadgroup(n)]] index
   std::string name;
   std::string type;        // as declared, address space removed, e.g. "const float*", "const Params&"
@@ -102,6 +121,8 @@ struct DispatchArgs {
   std::array<uint32_t, 3> threadgroup{1, 1, 1};  // threads per threadgroup
   std::map<uint32_t, uint64_t> threadgroup_memory;  // [[threadgroup(n)]] index -> bytes
   bool checked = false;                          // bounds-check device-buffer accesses (host backend)
+  // visible_function_table parameters: [[buffer(n)]] -> the pipeline's table functions, in table order
+  std::map<uint32_t, std::vector<std::string>> function_tables;
 };
 
 // One kernel launch of a sequence.

@@ -5,6 +5,7 @@
 #include "host/host_backend.hpp"
 #include "runtime/arguments.hpp"
 #include "runtime/backend.hpp"
+#include "runtime/source.hpp"
 #ifdef APROTO_WITH_METAL
 #include "metal/metal_backend.hpp"
 #endif
@@ -79,6 +80,21 @@ std::string PipelineSpec::key() const {
     key += "<" + l + ">";
   }
   if (max_threads_per_threadgroup) key += "@" + std::to_string(max_threads_per_threadgroup);
+  auto list = [](const std::vector<std::string>& names) {
+    std::string l;
+    for (const auto& n : names) l += (l.empty() ? "" : ",") + n;
+    return l;
+  };
+  if (!table_functions.empty()) key += "|table:" + list(table_functions);
+  for (const Source& lib : libraries) key += "|lib:" + content_hash(lib.path + "\n" + lib.text);
+  for (const StitchingGraph& g : stitched) {
+    key += "|stitch:" + g.function + "=";
+    for (const auto& n : g.nodes) {
+      std::vector<std::string> args;
+      for (int a : n.arguments) args.push_back(a >= 0 ? std::to_string(a) : "n" + std::to_string(-1 - a));
+      key += n.function + "(" + list(args) + ")";
+    }
+  }
   return key;
 }
 
@@ -106,6 +122,17 @@ void validate_dispatch(const DeviceInfo& device, const PipelineInfo& pipeline, c
       throw ArgumentError(who + " has a [[threadgroup(" + std::to_string(a.index) + ")]] parameter '" + a.name +
                           "' but the dispatch gave it no length (threadgroup_memory={" + std::to_string(a.index) +
                           ": nbytes})");
+  for (const auto& a : pipeline.arguments)
+    if (a.kind == "function_table" && !args.function_tables.count(a.index))
+      throw ArgumentError(who + ": [[buffer(" + std::to_string(a.index) + ")]] '" + a.name + "' (" + a.type +
+                          ") needs a function table (pass attention_proto.FunctionTable([...]) in that slot)");
+  for (const auto& [index, names] : args.function_tables) {
+    bool declared = false;
+    for (const auto& a : pipeline.arguments) declared = declared || (a.kind == "function_table" && a.index == index);
+    if (!declared)
+      throw ArgumentError(who + ": a function table was given for [[buffer(" + std::to_string(index) +
+                          ")]], which is no visible_function_table parameter of the kernel");
+  }
   validate_buffers(who, pipeline.arguments, buffers);
 }
 

@@ -5,7 +5,7 @@
 #define APROTO_KERNEL_ABI_H
 #include <stdint.h>
 
-#define APROTO_ABI_VERSION 5
+#define APROTO_ABI_VERSION 6
 #define APROTO_SIMD_WIDTH 32
 #define APROTO_SIMD_SLOT_BYTES 64 /* largest value one lane can exchange in one SIMD operation */
 
@@ -86,7 +86,19 @@ typedef struct aproto_kernel_desc {
   const uint32_t* threadgroup_arg_indices;
   void (*bind)(const aproto_runtime* runtime);
   void (*run_thread)(void* const* buffers); /* the kernel body for the current GPU thread */
+  /* Functions a visible_function_table may hold (the pipeline's table functions), their addresses, and
+   * function_fits[b * n_functions + f]: 1 when function f has the signature of buffers[b]'s table. */
+  uint32_t n_functions;
+  const char* const* function_names;
+  void* const* functions;
+  const unsigned char* function_fits;
 } aproto_kernel_desc;
+
+/* What a visible_function_table parameter is bound to: the entries the dispatch chose. */
+typedef struct aproto_function_table {
+  void* const* entries;
+  uint64_t count;
+} aproto_function_table;
 
 #ifdef __cplusplus
 }

@@ -82,21 +82,60 @@ template <class F> struct kernel_fn;
 template <class... A> struct kernel_fn<void (*)(A...)> {
   template <unsigned I> using arg = __type_pack_element<I, A...>;
 };
-// A `T*` / `T&` buffer parameter bound to a buffer's address.
+}  // namespace aproto_rt
+
+namespace metal {
+// visible_function_table<F>: the functions a dispatch chose, called by index (an index past the end is
+// undefined behaviour on Metal; the host stops the dispatch and says so).
+template <class F> struct visible_function_table {
+  F* const* entries = nullptr;
+  uint64_t count = 0;
+  F* operator[](uint32_t i) const {
+    if (i >= count) ::aproto_rt::g_rt->fail("visible_function_table index out of range");
+    return entries[i];
+  }
+  uint32_t size() const { return uint32_t(count); }
+  bool empty() const { return count == 0; }
+};
+}  // namespace metal
+
+namespace aproto_rt {
+template <class P> struct function_table_of { using fn = void; };
+template <class F> struct function_table_of<::metal::visible_function_table<F>> { using fn = F; };
+template <class P> constexpr bool is_function_table = !std::is_void_v<typename function_table_of<P>::fn>;
+// Does a function of pointer type FP fit the table parameter P (the same signature)?
+template <class P, class FP> constexpr int table_fits() {
+  if constexpr (is_function_table<P>) return std::is_same_v<typename function_table_of<P>::fn*, FP> ? 1 : 0;
+  else return 0;
+}
+
+// A `T*` / `T&` buffer parameter bound to a buffer's address; a visible_function_table to the
+// aproto_function_table the dispatch filled.
 template <class P> using pointee = std::remove_pointer_t<std::remove_reference_t<P>>;
 template <class P> inline P buffer_arg(void* p) {
-  if constexpr (std::is_reference_v<P>) return *static_cast<pointee<P>*>(p);
-  else return static_cast<P>(p);
+  if constexpr (is_function_table<P>) {
+    const auto* t = static_cast<const aproto_function_table*>(p);
+    return P{reinterpret_cast<typename function_table_of<P>::fn* const*>(t->entries), t->count};
+  } else if constexpr (std::is_reference_v<P>) {
+    return *static_cast<pointee<P>*>(p);
+  } else {
+    return static_cast<P>(p);
+  }
 }
 template <class P> constexpr uint64_t buffer_min_bytes() {  // sizeof(T) for `constant T&`, 0 for pointers
-  if constexpr (std::is_reference_v<P>) return sizeof(pointee<P>);
+  if constexpr (is_function_table<P>) return sizeof(aproto_function_table);
+  else if constexpr (std::is_reference_v<P>) return sizeof(pointee<P>);
   else return 0;
 }
 template <class P> constexpr uint64_t buffer_align() {  // what the buffer's address must be a multiple of
-  if constexpr (std::is_void_v<std::remove_cv_t<pointee<P>>>) return 1;
+  if constexpr (is_function_table<P>) return alignof(aproto_function_table);
+  else if constexpr (std::is_void_v<std::remove_cv_t<pointee<P>>>) return 1;
   else return alignof(pointee<P>);
 }
-template <class P> constexpr int buffer_readonly() { return std::is_const_v<pointee<P>> ? 1 : 0; }
+template <class P> constexpr int buffer_readonly() {
+  if constexpr (is_function_table<P>) return 1;
+  else return std::is_const_v<pointee<P>> ? 1 : 0;
+}
 // A parameter its [[function_constant(c)]] leaves out: a null pointer, or a reference to zeros.
 template <class P> inline P absent_arg() {
   if constexpr (std::is_reference_v<P>) {
