@@ -21,7 +21,6 @@ SHAPES = {"metal": (4, 16, 2048, 64), "metal-quick": (2, 8, 1024, 64), "host": (
           "host-quick": (1, 4, 256, 64)}
 MODIFIERS = ("identity", "softcap", "alibi", "relative_bias", "alibi+softcap")
 QUICK_MODIFIERS = ("identity", "softcap", "alibi+softcap")
-FLOPS = "4*B*H*N*N*D (score modifier work not counted)"
 
 
 def options(p: argparse.ArgumentParser) -> None:
@@ -46,27 +45,33 @@ def modifier(name: str, heads: int, fresh: bool = False) -> ScoreMod:
 
 
 def call_configs(ctx: Context) -> list[Row]:
-    names = ctx.args.modifiers or (QUICK_MODIFIERS if ctx.mode == "quick" else MODIFIERS)
-    return [{"score_mod": n, "mode": m} for n in names for m in MODES]  # the modes of one modifier side by side
+    return [{"score_mod": n} for n in ctx.args.modifiers or (QUICK_MODIFIERS if ctx.mode == "quick" else MODIFIERS)]
 
 
 def measure(ctx: Context, c: Row) -> Row:
+    """Times the four modes of one modifier side by side: every pipeline built first, then rounds of one
+    sample per mode (so drift hits all modes alike), each ratio paired with its round's inline sample."""
     b, h, n, d = shape(ctx)
     q, k, v = ctx.cached(("qkv", b, h, n, d), lambda: tuple(
         ctx.rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3)))
-    out = np.empty_like(q)
-    mod = modifier(c["score_mod"], h)
-    timing = ctx.time(lambda r: score_mod_attention_timed(q, k, v, mod, mode=c["mode"], backend=ctx.backend,
-                                                          out=out, repeat=r)[1])
-    return {**ctx.perf(timing, bench.attention_flops(b, h, n, n, d), "float32"),
-            "samples_ms": [1e3 * x for x in timing.gpu.samples]}
+    out, mod = np.empty_like(q), modifier(c["score_mod"], h)
+    call = lambda m, r: float(score_mod_attention_timed(q, k, v, mod, mode=m, backend=ctx.backend, out=out,
+                                                        repeat=r)[1].seconds)
+    for m in MODES:
+        call(m, 1)  # builds the pipeline
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for _ in range(ctx.samples * (3 if ctx.is_host else 1)):
+        for m in MODES:
+            times[m].append(call(m, ctx.repeat))
+    row: Row = {f"{m}_ms": 1e3 * float(np.median(t)) for m, t in times.items()}
+    return {**row, **{f"{m}_ratios": [t / i for t, i in zip(times[m], times["inline"])] for m in MODES[1:]}}
 
 
 def relative_rows(ctx: Context) -> list[Row]:
-    rows = [r for r in ctx.tables["call_cost"].rows if "median_ms" in r] if "call_cost" in ctx.tables else []
-    inline = {r["score_mod"]: r["median_ms"] for r in rows if r["mode"] == "inline"}
-    return [{"score_mod": r["score_mod"], "mode": r["mode"], "vs_inline": r["median_ms"] / inline[r["score_mod"]]}
-            for r in rows if r["score_mod"] in inline]
+    rows = [r for r in ctx.tables["call_cost"].rows if "inline_ms" in r] if "call_cost" in ctx.tables else []
+    return [{"score_mod": r["score_mod"], "mode": m, "vs_inline": float(np.median(r[f"{m}_ratios"])),
+             "p20": float(np.percentile(r[f"{m}_ratios"], 20)), "p80": float(np.percentile(r[f"{m}_ratios"], 80)),
+             "ratios": r[f"{m}_ratios"]} for r in rows for m in MODES[1:]]
 
 
 def build(ctx: Context, c: Row) -> Row:
@@ -97,25 +102,22 @@ def refusal_rows(ctx: Context) -> list[Row]:
     return [{"case": case, "metal": why, "host": "refused with a CompileError / ValueError"} for case, why in REFUSALS]
 
 
-def _samples(rows: list[Row]) -> list[float]:
-    return [r["vs_inline"] for r in rows]
-
-
 def findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
     b, h, n, d = shape(ctx)
     config = {"B": b, "H": h, "N": n, "D": d, "dtype": "float32"}
     out: list[kb.Finding] = []
     rel = tables["relative"].rows if "relative" in tables else []
     if rel:
-        per_mode = {m: [r for r in rel if r["mode"] == m] for m in MODES if m != "inline"}
-        parts = [f"{m} {np.median(_samples(rs)):.3g}x (" + ", ".join(f"{r['score_mod']} {r['vs_inline']:.3g}x"
-                                                                   for r in rs) + ")" for m, rs in per_mode.items()]
+        per_mode = {m: [x for r in rel if r["mode"] == m for x in r["ratios"]] for m in MODES[1:]}
+        parts = [f"{m} {np.median(x):.3g}x (p20 {np.percentile(x, 20):.3g}, p80 {np.percentile(x, 80):.3g})"
+                 for m, x in per_mode.items()]
         worst = max(rel, key=lambda r: r["vs_inline"])
         out.append(ctx.finding(
             "call_cost", "performance", "time_vs_inline", worst["vs_inline"], "x", config,
-            f"kernel time relative to the inlined modifier at B={b}, H={h}, N={n}, D={d} on {ctx.device['name']}: "
-            + "; ".join(parts), {"samples": _samples(rel), "table": ctx.table_path("call_cost"),
-                                 "derived": "median_ms / median_ms of mode inline, same modifier"},
+            f"kernel time relative to the inlined modifier at B={b}, H={h}, N={n}, D={d} on {ctx.device['name']}, "
+            f"over {len(rel) // 3} modifiers: " + "; ".join(parts),
+            {"samples": [x for r in rel for x in r["ratios"]], "table": ctx.table_path("relative"),
+             "derived": "per-round time / the same round's inline time, same modifier"},
             extra={"worst": f"{worst['mode']}/{worst['score_mod']}"}))
     comp = [r for r in tables["compile"].rows if "compile_ms" in r] if "compile" in tables else []
     if comp:
@@ -133,9 +135,9 @@ def findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
         "signature mismatches, visible templates, non-stitchable graph nodes, tables of unlinked functions",
         {"table": ctx.table_path("refusals"), "test": "tests/test_score_mod_attention.py"}))
     if rel and not ctx.is_host:
-        best = min((m for m in MODES if m != "inline"), key=lambda m: np.median(_samples(per_mode[m])))
+        best = min(MODES[1:], key=lambda m: np.median(per_mode[m]))
         claim = (f"for the trait: inline score functions (source generation) by default; when a modifier must be "
-                 f"compiled apart, {best} costs the least here ({np.median(_samples(per_mode[best])):.3g}x inline)")
+                 f"compiled apart, {best} costs the least here ({np.median(per_mode[best]):.3g}x inline)")
     else:
         claim = ("for the trait (from the structure, pending M4 timings): inline score functions (source generation "
                  "per modifier, cached like function-constant variants) by default; linked or stitched functions when "
@@ -165,9 +167,10 @@ SPEC = BenchSpec(
                  ("api",), True),
     ),
     tables=(
-        TableSpec("call_cost", f"kernel time per mode and modifier, flops {FLOPS}", call_configs, measure,
-                  plots=(Plot("bar", "score_mod", "median_ms", series="mode"),)),
-        TableSpec("relative", "kernel time relative to inline (derived: median / inline median)", relative_rows,
+        TableSpec("call_cost", "kernel time per modifier and mode (median ms), modes timed in interleaved rounds",
+                  call_configs, measure),
+        TableSpec("relative", "kernel time relative to inline (derived: median of per-round time / inline time)",
+                  relative_rows,
                   plots=(Plot("bar", "score_mod", "vs_inline", series="mode"),)),
         TableSpec("compile", "pipeline creation from a fresh modifier (alibi+softcap), per mode", lambda ctx: [{"mode": m, "sample": s} for s in range(2 if ctx.is_host else 3) for m in MODES],
                   build, plots=(Plot("bar", "mode", "compile_ms", series="sample"),)),
