@@ -36,3 +36,25 @@ struct PagedKvWriteParams {
   uint32_t tokens;
   uint32_t kv_heads;
 };
+
+// rope.metal, buffer(3). x, out [batch, heads, seq_len, head_dim]; positions int [seq_len] or
+// [batch, seq_len] (the POSITIONS constant says which, or none: offset + n).
+struct RopeParams {
+  uint32_t batch;
+  uint32_t heads;
+  uint32_t seq_len;
+  uint32_t head_dim;
+  uint32_t rotary_dim;  // even, <= head_dim: the dims rotated; the rest pass through
+  int32_t offset;       // position of row 0 without a positions array
+  float freq_exp;       // -2 log2(base) / rotary_dim: theta_i = pos * exp2(i * freq_exp) (see rope.h)
+};
+
+// flash_attention.metal, buffer(7): what the variants (prototype 7) need, read only when their function
+// constant is on. alibi slopes are buffer(6), float [q_heads].
+struct FlashVariantParams {
+  float softcap;        // SOFTCAP: scores become softcap * tanh(scores / softcap), natural units
+  float rope_freq_exp;  // ROPE: as RopeParams::freq_exp
+  uint32_t rope_dim;    // ROPE: rotary_dim
+  int32_t rope_q_offset;  // ROPE: position of query row 0
+  int32_t rope_k_offset;  // ROPE: position of key 0
+};
