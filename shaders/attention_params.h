@@ -52,9 +52,10 @@ struct RopeParams {
 // flash_attention.metal, buffer(7): what the variants (prototype 7) need, read only when their function
 // constant is on. alibi slopes are buffer(6), float [q_heads].
 struct FlashVariantParams {
-  float softcap;        // SOFTCAP: scores become softcap * tanh(scores / softcap), natural units
-  float rope_freq_exp;  // ROPE: as RopeParams::freq_exp
-  uint32_t rope_dim;    // ROPE: rotary_dim
-  int32_t rope_q_offset;  // ROPE: position of query row 0
-  int32_t rope_k_offset;  // ROPE: position of key 0
+  float softcap_scale;  // USE_SOFTCAP: scale / softcap; scores become softcap * tanh(scale q.k / softcap) ...
+  float softcap_log2;   // ... times log2(e) (softcap * log2(e)): capped in natural units, then the exp2 domain
+  float rope_freq_exp;    // USE_ROPE: as RopeParams::freq_exp
+  uint32_t rope_dim;      // USE_ROPE: rotary_dim
+  int32_t rope_q_offset;  // USE_ROPE: position of query row 0
+  int32_t rope_k_offset;  // USE_ROPE: position of key 0
 };
