@@ -153,3 +153,165 @@ def test_alibi_slopes_any_head_count() -> None:
         ap.alibi_slopes(0)
     with pytest.raises(TypeError):
         ap.alibi_slopes(2.5)
+
+
+# ---------------------------------------------------------------------------------------- flash attention variants
+# The bounds of tests/test_flash_attention.py, whose helpers these reuse (make_inputs: standard-normal
+# q, k, v; assert_close: the norm and element-wise bounds).
+
+from test_flash_attention import LSE_ATOL, assert_close, make_inputs  # noqa: E402
+
+HEAD_DIMS = ap.protos.flash_attention.HEAD_DIMS
+
+
+def check_variant(q: np.ndarray, k: np.ndarray, v: np.ndarray, backend: str, *, causal: bool = False,
+                  memory: str = "package", block_q: int | None = None, block_k: int | None = None,
+                  **variants) -> np.ndarray:
+    """Flash attention with ``variants`` into poisoned out / lse, every element against reference.attention."""
+    out = poisoned(q.shape, q.dtype, memory)
+    lse = poisoned(q.shape[:3], np.float32, memory)
+    got, got_lse = ap.flash_attention(q, k, v, causal=causal, return_lse=True, backend=backend, out=out, lse_out=lse,
+                                      block_q=block_q, block_k=block_k, **variants)
+    assert got is out and got_lse is lse
+    expected, expected_lse = reference.attention(q, k, v, causal=causal, return_lse=True, **variants)
+    assert not np.isnan(out.astype(np.float32)).any(), "the kernel left output elements unwritten"
+    assert not np.isnan(lse).any(), "the kernel left logsumexp elements unwritten"
+    assert_close(out, expected, q.dtype.name)
+    assert (out.astype(np.float32)[np.isneginf(expected_lse)] == 0).all()  # rows that see no key
+    seen = np.isfinite(expected_lse)
+    assert (lse[~seen] == expected_lse[~seen]).all()  # -inf where a row sees no key
+    bound = LSE_ATOL + np.broadcast_to(rope_score_error(q, k, variants), lse.shape)[seen]
+    excess = np.abs(lse[seen] - expected_lse[seen]) - bound
+    assert excess.max() <= 0, f"logsumexp off by {excess.max():.3g} over its bound"
+    return out
+
+
+def rope_score_error(q: np.ndarray, k: np.ndarray, variants: dict) -> np.ndarray | float:
+    """How far a score may move when fused RoPE rounds the rotated q and k to float16 or bfloat16 (the
+    reference rotates in float64): each element by at most u |x|, so q.k by at most 2u ||q_i|| ||k_j||
+    (rotations keep norms), times the scale; the logsumexp of row i, a softmax-weighted mean of its
+    scores' moves, by at most its largest. 0 without RoPE or in float32 (module docstring)."""
+    if variants.get("rope") is None or q.dtype == np.float32:
+        return 0.0
+    u = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}[q.dtype.name]
+    q_norm = np.linalg.norm(q.astype(np.float64), axis=-1)  # [B, Hq, Nq]
+    k_norm = np.linalg.norm(k.astype(np.float64), axis=-1).max(axis=-1)  # [B, Hkv]
+    k_norm = np.repeat(k_norm, q.shape[1] // k.shape[1], axis=1)[..., None]
+    return 2 * u * q_norm * k_norm / np.sqrt(q.shape[-1])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_all_variants_every_head_dim_and_dtype(backend: str, rng: np.random.Generator, head_dim: int,
+                                               dtype: str) -> None:
+    # ALiBi + softcap + fused RoPE (partial, gptj on odd head dims / 8) + causal + GQA + lse, Nq != Nk.
+    q, k, v = make_inputs(rng, dtype, 1, 6, 2, 37, 45, head_dim, q_gain=2.0)
+    style = "gptj" if (head_dim // 8) % 2 else "neox"
+    rope = ap.Rotary(style=style, rotary_dim=head_dim // 2 + 8 if head_dim >= 64 else None, q_offset=8, k_offset=0)
+    check_variant(q, k, v, backend, causal=True, alibi_slopes=ap.alibi_slopes(6), softcap=4.0, rope=rope)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", ["alibi", "softcap", "rope_neox", "rope_gptj_partial"])
+def test_each_variant_alone(backend: str, rng: np.random.Generator, variant: str, causal: bool) -> None:
+    # q x 3 sharpens the softmax, so a wrong bias, cap or rotation moves the output.
+    q, k, v = make_inputs(rng, "float32", 2, 4, 4, 33, 50, 64, q_gain=3.0)
+    variants = {"alibi": {"alibi_slopes": (0.1 + rng.random(4)).astype(np.float32)},  # not the standard slopes
+                "softcap": {"softcap": 2.5},
+                "rope_neox": {"rope": ap.Rotary(q_offset=17, k_offset=0)},
+                "rope_gptj_partial": {"rope": ap.Rotary(style="gptj", rotary_dim=40, base=1000.0, k_offset=9)}}
+    check_variant(q, k, v, backend, causal=causal, **variants[variant])
+
+
+@pytest.mark.parametrize("q_heads, kv_heads", [(12, 4), (20, 1), (12, 12)])
+def test_causal_alibi_gqa_non_power_of_two_heads(backend: str, rng: np.random.Generator, q_heads: int,
+                                                 kv_heads: int) -> None:
+    # 12 and 20 heads: the slopes past the largest power of two; GQA groups of 3, MQA with 20.
+    q, k, v = make_inputs(rng, "float16", 1, q_heads, kv_heads, 29, 41, 64)
+    check_variant(q, k, v, backend, causal=True, alibi_slopes=ap.alibi_slopes(q_heads))
+
+
+@pytest.mark.parametrize("q_len, kv_len", [(21, 60), (60, 21), (1, 77)])
+def test_fused_rope_causal_offsets(backend: str, rng: np.random.Generator, q_len: int, kv_len: int) -> None:
+    # Nq != Nk both ways (60 > 21: rows without keys) and decode; the queries sit at the end of the keys.
+    q, k, v = make_inputs(rng, "bfloat16", 1, 4, 2, q_len, kv_len, 128)
+    rope = ap.Rotary(q_offset=max(kv_len - q_len, 0) + 5, k_offset=5)
+    check_variant(q, k, v, backend, causal=True, rope=rope)
+
+
+def test_softcap_and_alibi_on_large_scores(backend: str, rng: np.random.Generator) -> None:
+    # q x 10: raw scores near 10 in magnitude, which a cap of 3 bends hard (Gemma 2 caps at 50).
+    q, k, v = make_inputs(rng, "float16", 2, 4, 2, 40, 40, 96, q_gain=10.0)
+    check_variant(q, k, v, backend, softcap=3.0, alibi_slopes=ap.alibi_slopes(4), memory="plain")
+
+
+def test_decode_with_every_variant(backend: str, rng: np.random.Generator) -> None:
+    # Nq = 1 at position Nk - 1: the ALiBi distances are all <= 0, the bias 0 on the last key.
+    q, k, v = make_inputs(rng, "float16", 3, 8, 2, 1, 300, 64)
+    check_variant(q, k, v, backend, causal=True, alibi_slopes=ap.alibi_slopes(8), softcap=30.0,
+                  rope=ap.Rotary(q_offset=299))
+
+
+@pytest.mark.parametrize("block_q, block_k", [(8, 8), (16, 64), (64, 16)])
+def test_variants_on_partial_edge_tiles(backend: str, rng: np.random.Generator, block_q: int, block_k: int) -> None:
+    q, k, v = make_inputs(rng, "float16", 1, 2, 1, 100, 77, 32, q_gain=3.0)
+    check_variant(q, k, v, backend, causal=True, block_q=block_q, block_k=block_k, memory="offset",
+                  alibi_slopes=ap.alibi_slopes(2), rope=ap.Rotary(style="gptj", k_offset=23, q_offset=0))
+
+
+ULP = {"float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("rope", [ap.Rotary(q_offset=30, k_offset=22),
+                                  ap.Rotary(style="gptj", rotary_dim=20, base=500.0, q_offset=3)])
+def test_fused_rope_equals_the_separate_pass(backend: str, rng: np.random.Generator, rope: ap.Rotary,
+                                             dtype: str) -> None:
+    # Both rotate in float and round the rotated element to the input type once (rope.h is shared), so
+    # the attention inputs agree to an ulp and the outputs to a few ulps of the output type.
+    q, k, v = make_inputs(rng, dtype, 1, 4, 2, 37, 45, 64)
+    kwargs = dict(style=rope.style, rotary_dim=rope.rotary_dim, base=rope.base, backend=backend)
+    separate = ap.flash_attention(ap.rope(q, offset=rope.q_offset, **kwargs), ap.rope(k, offset=rope.k_offset, **kwargs),
+                                  v, causal=True, backend=backend).astype(np.float64)
+    fused = ap.flash_attention(q, k, v, causal=True, rope=rope, backend=backend).astype(np.float64)
+    assert np.abs(fused - separate).max() <= 4 * ULP[dtype] * (1 + np.abs(separate).max())
+
+
+def test_no_variant_runs_the_base_kernel(backend: str, rng: np.random.Generator) -> None:
+    # Prototype 1 unchanged: every variant constant off in the pipeline key when none is asked for.
+    q, k, v = make_inputs(rng, "float16", 1, 2, 2, 9, 9, 64)
+    _, _, timing = ap.flash_attention_timed(q, k, v, backend=backend)
+    for name in ("USE_ALIBI", "USE_SOFTCAP", "USE_ROPE"):
+        assert f"{name}=false" in timing.launches[0].key, timing.launches[0].key
+    _, _, timing = ap.flash_attention_timed(q, k, v, softcap=1.0, backend=backend)
+    assert "USE_SOFTCAP=true" in timing.launches[0].key and "USE_ALIBI=false" in timing.launches[0].key
+
+
+def test_variant_errors(rng: np.random.Generator) -> None:
+    q, k, v = make_inputs(rng, "float32", 1, 4, 2, 8, 8, 64)
+    slopes = ap.alibi_slopes(4)
+    value_errors = [
+        (dict(alibi_slopes=slopes[:3].copy()), r"\[flash_attention\] alibi_slopes has shape \(3,\), expected \[Hq\] "
+                                              r"with Hq = 4 \(from q\)"),
+        (dict(alibi_slopes=slopes[None]), r"alibi_slopes must have 1 dimensions \[Hq\]"),
+        (dict(alibi_slopes=np.array([0.5, np.nan, 0.1, 0.2], np.float32)),
+         r"alibi_slopes must be finite, got nan at index 1"),
+        (dict(softcap=0.0), r"\[flash_attention\] softcap must be > 0, got 0"),
+        (dict(softcap=-2.0), r"softcap must be > 0"),
+        (dict(softcap=float("inf")), r"softcap must be a finite number"),
+        (dict(softcap=float("nan")), r"softcap must be a finite number"),
+        (dict(rope=ap.Rotary(rotary_dim=33)), r"\[flash_attention\] rope.rotary_dim must be even and in 2..64"),
+        (dict(rope=ap.Rotary(rotary_dim=72)), r"rope.rotary_dim must be even and in 2..64 \(the head dim\), got 72"),
+        (dict(rope=ap.Rotary(style="glm")), r"rope.style must be 'neox' or 'gptj', got 'glm'"),
+        (dict(rope=ap.Rotary(base=0.0)), r"rope.base must be > 0"),
+        (dict(rope=ap.Rotary(k_offset=2 ** 31)), r"rope.k_offset must keep the positions"),
+    ]
+    for kwargs, message in value_errors:
+        with pytest.raises(ValueError, match=message):
+            ap.flash_attention(q, k, v, **kwargs)
+    with pytest.raises(TypeError, match=r"\[flash_attention\] alibi_slopes must be float32, got float64"):
+        ap.flash_attention(q, k, v, alibi_slopes=slopes.astype(np.float64))
+    with pytest.raises(TypeError, match=r"rope must be an attention_proto.Rotary or None, got dict"):
+        ap.flash_attention(q, k, v, rope={"style": "neox"})
+    with pytest.raises(TypeError, match=r"rope.q_offset must be an int"):
+        ap.flash_attention(q, k, v, rope=ap.Rotary(q_offset=1.5))
