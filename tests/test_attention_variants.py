@@ -315,3 +315,28 @@ def test_variant_errors(rng: np.random.Generator) -> None:
         ap.flash_attention(q, k, v, rope={"style": "neox"})
     with pytest.raises(TypeError, match=r"rope.q_offset must be an int"):
         ap.flash_attention(q, k, v, rope=ap.Rotary(q_offset=1.5))
+
+
+# ---------------------------------------------------------------------------------------- bench
+
+
+def test_bench_smoke(host_only: str, tmp_path) -> None:
+    """The bench on tiny shapes: tables, bar charts, findings (timings labelled as CPU results)."""
+    from attention_proto import kb
+    from attention_proto.benches import attention_variants as av_bench
+
+    findings = tmp_path / "findings.jsonl"
+    args = ["--backend", host_only, "--findings", str(findings), "--quick", "--head-dim", "32", "--heads", "8",
+            "--seq", "16", "--context", "24", "--samples", "1"]
+    assert av_bench.main(args) == 0
+    out = tmp_path / "attention_variants"
+    for name in ("variants.json", "variants.csv", "gqa.json", "numerics.json", "variants.png", "gqa.png"):
+        assert (out / name).is_file(), name
+    loaded = kb.load(findings)
+    assert {f.question for f in loaded} == {"variant_cost", "rope_fusion", "gqa_effect", "function_constants",
+                                            "accuracy"}
+    for f in loaded:
+        assert f.device["backend"] == "host"
+        assert f.kind != "performance" or f.claim.startswith("CPU result"), f.claim
+    accuracy = next(f for f in loaded if f.question == "accuracy")
+    assert accuracy.value <= 4 * 2.0 ** -10 * 4  # fused RoPE = the separate pass to a few float16 ulps
