@@ -12,10 +12,9 @@ constexpr uint32_t kRows = 8;  // ROWS in the shader: rows per threadgroup
 std::vector<Launch> plan(const Call& c) {
   const int64_t B = c.dim("B"), H = c.dim("H"), N = c.dim("N"), D = c.dim("D");
   c.require(B * H <= UINT32_MAX && N <= (int64_t(1) << 30) && D <= (int64_t(1) << 30), "sizes too large for one dispatch");
-  const RotaryOptions r = rotary_options(c, "", D);
-  const int32_t offset = rotary_offset(c, "offset", N);
+  const RotaryOptions r = rotary_options(c, "", D, {{"offset", N}});
   const bool positions = c.has("positions");
-  c.require(!positions || offset == 0, "offset must be 0 when positions are given (they are the positions)");
+  c.require(!positions || r.offsets[0] == 0, "offset must be 0 when positions are given (they are the positions)");
 
   Launch l;
   l.pipeline.function = "rope_" + c.kernel_suffix("x");
@@ -26,7 +25,7 @@ std::vector<Launch> plan(const Call& c) {
   if (!positions) pos.dtype = "";
   l.bind(1, pos);
   l.bind(2, c.buffer("out"));
-  l.set_params(3, RopeParams{uint32_t(B), uint32_t(H), uint32_t(N), uint32_t(D), r.dim, offset, r.freq_exp});
+  l.set_params(3, RopeParams{uint32_t(B), uint32_t(H), uint32_t(N), uint32_t(D), r.dim, r.offsets[0], r.freq_exp});
   l.args.grid = {uint32_t((N + kRows - 1) / kRows), uint32_t(B * H), 1};
   l.args.threadgroup = {32, kRows, 1};
   return {l};

@@ -12,28 +12,21 @@ constexpr uint32_t kMaxBlockK = 128;  // MAX_BLOCK_K in the shader: its score re
 constexpr uint64_t kRowPadBytes = 16;  // ROW_PAD_BYTES in the shader
 constexpr int64_t kMaxLength = int64_t(1) << 30;  // the kernel computes row - Nq + Nk in 32-bit ints
 
-// Prototype 7's variants: what each needs, checked (each is off unless given).
-FlashVariantParams variant_params(const Call& c, int64_t D, int64_t Nq, int64_t Nk) {
+// Prototype 7's variants, each off unless given: ALiBi slopes (finite), softcap (> 0), fused RoPE.
+FlashVariantParams variant_params(const Call& c) {
   FlashVariantParams v{};
-  if (c.has("alibi_slopes") && !c.planning()) {
-    const float* slopes = static_cast<const float*>(c.array("alibi_slopes").data);
-    for (int64_t h = 0; h < c.dim("Hq"); h++)
-      c.require(std::isfinite(slopes[h]), "alibi_slopes must be finite, got " + std::to_string(slopes[h]) +
-                                              " at index " + std::to_string(h));
+  for (int64_t h = 0; c.has("alibi_slopes") && !c.planning() && h < c.dim("Hq"); h++) {
+    const float s = static_cast<const float*>(c.array("alibi_slopes").data)[h];
+    c.require(std::isfinite(s), "alibi_slopes must be finite, got " + std::to_string(s) + " at index " + std::to_string(h));
   }
   if (c.given("softcap")) {
     const double cap = c.number("softcap");
     c.require(cap > 0.0, "softcap must be > 0, got " + std::to_string(cap));
-    v.softcap_scale = float(c.number("scale") / cap);
-    v.softcap_log2 = float(cap * 1.4426950408889634);  // log2(e)
+    v.softcap_scale = float(c.number("scale") / cap), v.softcap_log2 = float(cap * 1.4426950408889634);  // log2(e)
   }
-  if (c.given("rope.style")) {
-    const RotaryOptions r = rotary_options(c, "rope.", D);
-    v.rope_freq_exp = r.freq_exp;
-    v.rope_dim = r.dim;
-    v.rope_q_offset = rotary_offset(c, "rope.q_offset", Nq);
-    v.rope_k_offset = rotary_offset(c, "rope.k_offset", Nk);
-  }
+  if (!c.given("rope.style")) return v;
+  const RotaryOptions r = rotary_options(c, "rope.", c.dim("D"), {{"q_offset", c.dim("Nq")}, {"k_offset", c.dim("Nk")}});
+  v.rope_freq_exp = r.freq_exp, v.rope_dim = r.dim, v.rope_q_offset = r.offsets[0], v.rope_k_offset = r.offsets[1];
   return v;
 }
 
@@ -48,7 +41,7 @@ std::vector<Launch> plan(const Call& c) {
   const uint32_t block_q = c.count("block_q", 8, kMaxBlockQ, 8);
   const uint32_t block_k = c.count("block_k", 8, kMaxBlockK, 8);  // the registers hold MAX_BLOCK_K keys
   const uint32_t itemsize = c.array("q").itemsize;
-  const FlashVariantParams variants = variant_params(c, D, Nq, Nk);
+  const FlashVariantParams variants = variant_params(c);
 
   Launch l;
   l.pipeline.function = "flash_attention_" + c.kernel_suffix("q");
