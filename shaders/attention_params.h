@@ -36,3 +36,26 @@ struct PagedKvWriteParams {
   uint32_t tokens;
   uint32_t kv_heads;
 };
+
+// rope.metal, buffer(3). x, out [batch, heads, seq_len, head_dim]; positions int [seq_len] or
+// [batch, seq_len] (the POSITIONS constant says which, or none: offset + n).
+struct RopeParams {
+  uint32_t batch;
+  uint32_t heads;
+  uint32_t seq_len;
+  uint32_t head_dim;
+  uint32_t rotary_dim;  // even, <= head_dim: the dims rotated; the rest pass through
+  int32_t offset;       // position of row 0 without a positions array
+  float freq_exp;       // -2 log2(base) / rotary_dim: theta_i = pos * exp2(i * freq_exp) (see rope.h)
+};
+
+// flash_attention.metal, buffer(7): what the variants (prototype 7) need, read only when their function
+// constant is on. alibi slopes are buffer(6), float [q_heads].
+struct FlashVariantParams {
+  float softcap_scale;  // USE_SOFTCAP: scale / softcap; scores become softcap * tanh(scale q.k / softcap) ...
+  float softcap_log2;   // ... times log2(e) (softcap * log2(e)): capped in natural units, then the exp2 domain
+  float rope_freq_exp;    // USE_ROPE: as RopeParams::freq_exp
+  uint32_t rope_dim;      // USE_ROPE: rotary_dim
+  int32_t rope_q_offset;  // USE_ROPE: position of query row 0
+  int32_t rope_k_offset;  // USE_ROPE: position of key 0
+};

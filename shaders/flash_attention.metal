@@ -46,6 +46,7 @@
 // registers rather than spilling a dynamically indexed array, is to be checked on an M4.
 #include <metal_stdlib>
 #include "attention_params.h"
+#include "rope.h"
 using namespace metal;
 
 constant uint BLOCK_Q   [[function_constant(0)]];  // query rows per threadgroup, multiple of 8
@@ -53,6 +54,12 @@ constant uint BLOCK_K   [[function_constant(1)]];  // keys per step, multiple of
 constant uint HEAD_DIM  [[function_constant(2)]];  // D: 32, 64, 80, 96, 128 or 256
 constant bool CAUSAL    [[function_constant(3)]];
 constant bool WRITE_LSE [[function_constant(4)]];
+// Variants (prototype 7), each off in the base kernel so it compiles to exactly what it was. Their
+// arguments: alibi slopes (buffer 6) and FlashVariantParams (buffer 7, attention_params.h).
+constant bool USE_ALIBI   [[function_constant(5)]];  // + slope_h * (j - (i + Nk - Nq)) on the scaled score
+constant bool USE_SOFTCAP [[function_constant(6)]];  // score -> softcap * tanh(score / softcap), before bias, mask
+constant bool USE_ROPE    [[function_constant(7)]];  // Q and K rotated (rope.h) as their tiles are loaded
+constant bool ROPE_NEOX   [[function_constant(8)]];  // USE_ROPE: neox pairs, else gptj
 
 constant uint SIMDGROUPS = BLOCK_Q / 8;      // one SIMD-group per 8 query rows
 constant uint THREADS = SIMDGROUPS * 32;
@@ -75,12 +82,29 @@ constant constexpr uint MAX_BLOCK_K = 128;   // largest block_k, the sweep's lar
 #define UNROLL
 #endif
 
+// Fused RoPE: elements col .. col + 3 of a row at position `pos`, rotated in float as rope.metal does
+// and rounded to T, as the separate pass stores them. Each partner element is read from device memory
+// (the same row; for neox usually another thread's chunk).
+template <typename T>
+vec<T, 4> rotate_chunk(vec<T, 4> x, device const T* row, uint col, int pos, constant FlashVariantParams& vp)
+{
+    for (uint c = 0; c < 4; c++) {
+        if (col + c < vp.rope_dim) {
+            const RopeElement e = rope_element(col + c, vp.rope_dim, ROPE_NEOX);
+            const float angle = rope_angle(float(pos), e.pair, vp.rope_freq_exp);
+            x[c] = T(float(x[c]) * cos(angle) + e.sign * float(row[e.partner]) * sin(angle));
+        }
+    }
+    return x;
+}
+
 // Copies rows [first, first + rows) of a [len, HEAD_DIM] matrix into a tile with `row_stride`; rows at
 // or past `len` become 0 (not NaN or stale data: the kernel multiplies them, and 0 * NaN is NaN).
-// Four elements per thread per step; a chunk never crosses a row since HEAD_DIM % 8 == 0.
+// Four elements per thread per step; a chunk never crosses a row since HEAD_DIM % 8 == 0. With
+// `rotate` (Q and K when USE_ROPE), row first + r is rotated at position pos0 + first + r.
 template <typename T>
 void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint first, uint len, uint rows,
-               ushort tid)
+               ushort tid, bool rotate, int pos0, constant FlashVariantParams& vp)
 {
     const uint chunks_per_row = HEAD_DIM / 4;
     for (uint c = tid; c < rows * chunks_per_row; c += THREADS) {
@@ -88,7 +112,11 @@ void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint f
         const uint col = (c % chunks_per_row) * 4;
         vec<T, 4> x = vec<T, 4>(T(0));
         if (first + r < len) {
-            x = *(device const vec<T, 4>*)(src + ulong(first + r) * HEAD_DIM + col);
+            device const T* row = src + ulong(first + r) * HEAD_DIM;
+            x = *(device const vec<T, 4>*)(row + col);
+            if (USE_ROPE && rotate) {
+                x = rotate_chunk(x, row, col, pos0 + int(first + r), vp);
+            }
         }
         *(threadgroup vec<T, 4>*)(tile + r * row_stride + col) = x;
     }
@@ -98,8 +126,9 @@ void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint f
 // carved into the Q, K and V tiles (see the header comment).
 template <typename T>
 void attention_forward(device const T* q, device const T* k, device const T* v, device T* o,
-                       device float* lse, constant FlashAttentionParams& p, threadgroup T* smem,
-                       uint3 group, ushort sg, ushort lane, ushort tid)
+                       device float* lse, constant FlashAttentionParams& p, device const float* alibi_slopes,
+                       constant FlashVariantParams& vp, threadgroup T* smem, uint3 group, ushort sg,
+                       ushort lane, ushort tid)
 {
     const uint row_stride = HEAD_DIM + ROW_PAD_BYTES / sizeof(T);  // elements; ROW_BYTES / sizeof(T)
     threadgroup T* q_tile = smem;
@@ -116,7 +145,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     k += kv_offset;
     v += kv_offset;
 
-    load_rows(q_tile, row_stride, q, q_start, p.q_len, BLOCK_Q, tid);
+    load_rows(q_tile, row_stride, q, q_start, p.q_len, BLOCK_Q, tid, true, vp.rope_q_offset, vp);
 
     // Keys this query block needs: all of them, or with the causal mask those up to what its last
     // row sees. 0 blocks when no row of the block sees a key (Nq > Nk); the loop then never runs.
@@ -140,12 +169,13 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
         acc[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
     float row_max = -INFINITY;  // running max of the row's scores, log2 domain
+    const float slope_log2 = USE_ALIBI ? alibi_slopes[head] * M_LOG2E_F : 0.0f;  // the bias in the exp2 domain
     float row_sum = 0.0f;       // running sum of exp2(score - row_max)
 
     for (uint key_start = 0; key_start < kv_end; key_start += BLOCK_K) {
         threadgroup_barrier(mem_flags::mem_threadgroup);  // Q tile written / last step's K, V read
-        load_rows(k_tile, row_stride, k, key_start, p.kv_len, BLOCK_K, tid);
-        load_rows(v_tile, row_stride, v, key_start, p.kv_len, BLOCK_K, tid);
+        load_rows(k_tile, row_stride, k, key_start, p.kv_len, BLOCK_K, tid, true, vp.rope_k_offset, vp);
+        load_rows(v_tile, row_stride, v, key_start, p.kv_len, BLOCK_K, tid, false, 0, vp);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         // S = Q K^T for this SIMD-group's 8 rows: K^T fragments are transposed loads of the K tile.
@@ -166,8 +196,10 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
             }
         }
 
-        // Scale into the log2 domain and mask. Only blocks that reach past Nk or cross the causal
-        // diagonal test each element; the condition is the same for the whole threadgroup.
+        // Scale into the log2 domain, cap, add the bias and mask. Only blocks that reach past Nk or
+        // cross the causal diagonal test each element; the condition is the same for the whole
+        // threadgroup. Softcap works in natural units (softcap * tanh(scale q.k / softcap)), then
+        // moves to the log2 domain; the ALiBi bias is slope * (key - last_key) there times log2(e).
         const bool past_end = key_start + BLOCK_K > p.kv_len;
         const bool on_diagonal = CAUSAL && int(key_start + BLOCK_K) - 1 > int(q_start) + int(p.kv_len) - int(p.q_len);
         float step_max = -INFINITY;
@@ -176,9 +208,12 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
             thread auto& e = s[j].thread_elements();
             UNROLL
             for (uint c = 0; c < 2; c++) {
-                float x = e[c] * p.scale_log2;
+                float x = USE_SOFTCAP ? vp.softcap_log2 * tanh(e[c] * vp.softcap_scale) : e[c] * p.scale_log2;
+                const int key = int(key_start + j * 8 + frag_col + c);
+                if (USE_ALIBI) {
+                    x += slope_log2 * float(key - last_key);
+                }
                 if (past_end || on_diagonal) {
-                    const int key = int(key_start + j * 8 + frag_col + c);
                     if (key >= int(p.kv_len) || (CAUSAL && key > last_key)) {
                         x = -INFINITY;
                     }
@@ -255,43 +290,50 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 }
 
 // One kernel per element type over the shared body. Grid: (ceil(Nq / BLOCK_Q), Hq, B) threadgroups of
-// BLOCK_Q / 8 * 32 threads. lse (buffer 4) is written only when WRITE_LSE. smem (threadgroup(0)) must
+// BLOCK_Q / 8 * 32 threads. lse (buffer 4) is written only when WRITE_LSE, alibi_slopes (buffer 6) read
+// only when USE_ALIBI. smem (threadgroup(0)) must
 // be threadgroup_bytes() = (BLOCK_Q + 2 * BLOCK_K) * (HEAD_DIM * sizeof(T) + 16) bytes long.
 kernel void flash_attention_f32(device const float* q [[buffer(0)]], device const float* k [[buffer(1)]],
                                 device const float* v [[buffer(2)]], device float* o [[buffer(3)]],
                                 device float* lse [[buffer(4)]],
                                 constant FlashAttentionParams& p [[buffer(5)]],
+                                device const float* alibi_slopes [[buffer(6)]],
+                                constant FlashVariantParams& vp [[buffer(7)]],
                                 threadgroup float* smem [[threadgroup(0)]],
                                 uint3 group [[threadgroup_position_in_grid]],
                                 ushort sg [[simdgroup_index_in_threadgroup]],
                                 ushort lane [[thread_index_in_simdgroup]],
                                 ushort tid [[thread_index_in_threadgroup]])
 {
-    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, alibi_slopes, vp, smem, group, sg, lane, tid);
 }
 
 kernel void flash_attention_f16(device const half* q [[buffer(0)]], device const half* k [[buffer(1)]],
                                 device const half* v [[buffer(2)]], device half* o [[buffer(3)]],
                                 device float* lse [[buffer(4)]],
                                 constant FlashAttentionParams& p [[buffer(5)]],
+                                device const float* alibi_slopes [[buffer(6)]],
+                                constant FlashVariantParams& vp [[buffer(7)]],
                                 threadgroup half* smem [[threadgroup(0)]],
                                 uint3 group [[threadgroup_position_in_grid]],
                                 ushort sg [[simdgroup_index_in_threadgroup]],
                                 ushort lane [[thread_index_in_simdgroup]],
                                 ushort tid [[thread_index_in_threadgroup]])
 {
-    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, alibi_slopes, vp, smem, group, sg, lane, tid);
 }
 
 kernel void flash_attention_bf16(device const bfloat* q [[buffer(0)]], device const bfloat* k [[buffer(1)]],
                                  device const bfloat* v [[buffer(2)]], device bfloat* o [[buffer(3)]],
                                  device float* lse [[buffer(4)]],
                                  constant FlashAttentionParams& p [[buffer(5)]],
+                                 device const float* alibi_slopes [[buffer(6)]],
+                                 constant FlashVariantParams& vp [[buffer(7)]],
                                  threadgroup bfloat* smem [[threadgroup(0)]],
                                  uint3 group [[threadgroup_position_in_grid]],
                                  ushort sg [[simdgroup_index_in_threadgroup]],
                                  ushort lane [[thread_index_in_simdgroup]],
                                  ushort tid [[thread_index_in_threadgroup]])
 {
-    attention_forward(q, k, v, o, lse, p, smem, group, sg, lane, tid);
+    attention_forward(q, k, v, o, lse, p, alibi_slopes, vp, smem, group, sg, lane, tid);
 }

@@ -26,6 +26,7 @@ from .protos.flash_attention import flash_attention, flash_attention_timed
 from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
 from .protos.linear_attention import linear_attention, linear_attention_timed
 from .protos.score_mod_attention import ScoreMod, score_mod_attention, score_mod_attention_timed, stitch
+from .protos.attention_variants import Rotary, alibi_slopes, rope, rope_timed
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -70,4 +71,8 @@ __all__ = [
     "score_mod_attention",
     "score_mod_attention_timed",
     "stitch",
+    "Rotary",
+    "alibi_slopes",
+    "rope",
+    "rope_timed",
 ]

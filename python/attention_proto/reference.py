@@ -7,6 +7,7 @@ head ``h // (Hq // Hkv)`` (GQA; MQA is ``Hkv == 1``); causal masks are bottom-ri
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,8 @@ def causal_mask(q_len: int, kv_len: int) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False, scale: float | None = None,
-              return_lse: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+              return_lse: bool = False, alibi_slopes: np.ndarray | None = None, softcap: float | None = None,
+              rope: Any = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention ``softmax(scale * Q K^T + mask) V`` computed in float64.
 
     Args:
@@ -27,6 +29,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
         causal: apply the bottom-right aligned causal mask (see :func:`causal_mask`).
         scale: the softmax scale, ``1 / sqrt(D)`` when None.
         return_lse: also return the natural-log logsumexp of each row's scaled, masked scores.
+        alibi_slopes: ``[Hq]``; adds ``slope_h * (j - (i + Nk - Nq))`` to the scaled score of query i, key j.
+        softcap: scores become ``softcap * tanh(scores / softcap)`` (after the scale, before bias and mask).
+        rope: rotates q and k first (:func:`rope` at positions ``rope.q_offset + i`` and ``rope.k_offset + j``
+            with ``rope.base``, ``rope.style``, ``rope.rotary_dim``; an ``attention_proto.Rotary``).
 
     Returns:
         The output ``[B, Hq, Nq, D]`` float64, and with ``return_lse`` the logsumexp ``[B, Hq, Nq]``
@@ -42,11 +48,20 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
         raise ValueError(f"k/v shape {k.shape} does not fit q shape {q.shape} (same B and D, Hq % Hkv == 0)")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     group = q_heads // kv_heads
+    if rope is not None:
+        q = _rotate(q, rope.q_offset + np.arange(q_len), rope.base, rope.style, rope.rotary_dim)
+        k = _rotate(k, rope.k_offset + np.arange(kv_len), rope.base, rope.style, rope.rotary_dim)
     # [B, Hkv, group, Nq, D]: the `group` query heads of one kv head are adjacent (h // group).
     q64 = q.astype(np.float64).reshape(batch, kv_heads, group, q_len, head_dim)
     k64 = k.astype(np.float64)[:, :, None]
     v64 = v.astype(np.float64)[:, :, None]
     scores = scale * (q64 @ np.swapaxes(k64, -1, -2))  # [B, Hkv, group, Nq, Nk]
+    if softcap is not None:
+        scores = softcap * np.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes, np.float64).reshape(kv_heads, group)[None, :, :, None, None]
+        distance = np.arange(kv_len)[None, :] - (np.arange(q_len)[:, None] + kv_len - q_len)  # 0 on the diagonal
+        scores = scores + slopes * distance
     if causal:
         scores = np.where(causal_mask(q_len, kv_len), scores, -np.inf)
     row_max = scores.max(axis=-1, keepdims=True)
@@ -66,7 +81,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     """The standard ALiBi slopes of ``num_heads`` heads, float64 (Press et al., "Train Short, Test Long"):
     for ``n`` a power of two, ``2^(-8 i / n)`` for i = 1..n; otherwise those of the largest power of two
     ``p < n``, then every other slope of ``2p`` heads (``2^(-4 i / p)`` for odd i) for the remaining heads.
-    (Prototype 7 will make this public as ``attention_proto.alibi_slopes``.)"""
+    ``attention_proto.alibi_slopes`` is the same in float32."""
     p = 2 ** int(math.floor(math.log2(num_heads)))
     slopes = [2.0 ** (-8.0 * i / p) for i in range(1, p + 1)]
     slopes += [2.0 ** (-4.0 * i / p) for i in range(1, 2 * (num_heads - p), 2)]
@@ -171,3 +186,36 @@ def score_mod_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, score_mod, 
     seen = np.isfinite(row_max)
     weights = np.exp(scores - np.where(seen, row_max, 0.0))
     return (weights @ v64) / np.where(seen, weights.sum(axis=-1, keepdims=True), 1.0)
+
+
+def _rotate(x: np.ndarray, positions: np.ndarray, base: float, style: str, rotary_dim: int | None) -> np.ndarray:
+    """x ``[B, H, N, D]`` rotated in float64 at ``positions`` ``[N]`` or ``[B, N]`` (see :func:`rope`)."""
+    head_dim = x.shape[-1]
+    r = head_dim if rotary_dim is None else int(rotary_dim)
+    if r % 2 or not 2 <= r <= head_dim:
+        raise ValueError(f"rotary_dim must be even and in 2..{head_dim}, got {r}")
+    half = np.arange(r // 2)
+    pairs = {"neox": (half, half + r // 2), "gptj": (2 * half, 2 * half + 1)}
+    if style not in pairs:
+        raise ValueError(f"style must be 'neox' or 'gptj', got {style!r}")
+    first, second = pairs[style]
+    pos = np.asarray(positions, np.float64).reshape(-1, 1, x.shape[2], 1)  # [1 or B, 1, N, 1]
+    theta = pos * float(base) ** (-2.0 * half / r)  # [., 1, N, R/2]
+    cos, sin = np.cos(theta), np.sin(theta)
+    x64 = x.astype(np.float64)
+    out = x64.copy()
+    a, b = x64[..., first], x64[..., second]
+    out[..., first] = a * cos - b * sin
+    out[..., second] = b * cos + a * sin
+    return out
+
+
+def rope(x: np.ndarray, *, offset: int = 0, positions: np.ndarray | None = None, base: float = 10000.0,
+         style: str = "neox", rotary_dim: int | None = None) -> np.ndarray:
+    """Rotary position embedding (Su et al., "RoFormer") of x ``[B, H, N, D]`` in float64: pair i of the first
+    ``rotary_dim`` dims (``"neox"``: dims ``(i, i + R/2)``; ``"gptj"``: ``(2i, 2i + 1)``; R = rotary_dim, even,
+    None: D) of row n, ``(a, b)``, becomes ``(a cos t - b sin t, b cos t + a sin t)`` with
+    ``t = pos_n * base^(-2i / R)``; the other dims are unchanged. ``pos_n`` is ``offset + n``, or
+    ``positions[n]`` (``[N]``), or ``positions[b, n]`` (``[B, N]``)."""
+    pos = offset + np.arange(x.shape[2]) if positions is None else np.asarray(positions)
+    return _rotate(x, pos, base, style, rotary_dim)

@@ -128,11 +128,20 @@ void Call::check_array(const ArgSpec& spec, const Array& a) {
     for (const auto& d : spec.dtypes) ok |= d == a.dtype;
     if (!ok) fail_type(n + " must be " + joined(spec.dtypes, " or ") + ", got " + a.dtype);
   }
-  // shape: the names bind sizes; the first argument to use a name fixes it
-  const auto dims = words(spec.shape);
-  if (a.shape.size() != dims.size())
-    fail(n + " must have " + std::to_string(dims.size()) + " dimensions [" + joined(dims, ", ") + "], got shape " +
-         shape_text(a.shape));
+  // shape: the names bind sizes; the first argument to use a name fixes it. "N | B N" accepts either rank.
+  std::vector<std::vector<std::string>> ranks(1);
+  for (const auto& w : words(spec.shape)) {
+    if (w == "|") ranks.emplace_back();
+    else ranks.back().push_back(w);
+  }
+  std::vector<std::string> dims, expected_ranks;
+  bool matched = false;
+  for (const auto& r : ranks) {
+    if (r.size() == a.shape.size()) dims = r, matched = true;
+    expected_ranks.push_back(std::to_string(r.size()) + " dimensions [" + joined(r, ", ") + "]");
+  }
+  if (!matched)
+    fail(n + " must have " + joined(expected_ranks, " or ") + ", got shape " + shape_text(a.shape));
   for (size_t d = 0; d < dims.size(); d++) {
     const int64_t size = a.shape[d];
     if (size < 1) fail(n + " must not be empty, got shape " + shape_text(a.shape));

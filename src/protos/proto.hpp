@@ -40,7 +40,8 @@ struct Array {
 // How one array argument must look.
 struct ArgSpec {
   std::string name;
-  std::string shape;                // symbolic dims separated by spaces; a number fixes that size
+  std::string shape;                // symbolic dims separated by spaces; a number fixes that size;
+                                    // alternatives of other ranks after " | " (e.g. "N | B N")
   std::vector<std::string> dtypes;  // allowed numpy dtype names, or {"=q"}: the same dtype as argument q
   bool output = false;              // written by the kernel: writable, overlapping no other argument
   bool optional = false;            // may be None

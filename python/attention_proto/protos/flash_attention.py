@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core, memory
+from .attention_variants import Rotary, rope_options
 
 _FACTS = _core.proto_facts("flash_attention")
 
@@ -64,7 +65,7 @@ def flash_attention_timed(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False, scale: float | None = None,
     block_q: int | None = None, block_k: int | None = None, return_lse: bool = False,
     backend: str | None = None, out: np.ndarray | None = None, lse_out: np.ndarray | None = None,
-    repeat: int = 1,
+    repeat: int = 1, alibi_slopes: np.ndarray | None = None, softcap: float | None = None, rope: Rotary | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, _core.DispatchTiming]:
     """Like :func:`flash_attention`, and also returns the dispatch timing.
 
@@ -88,8 +89,9 @@ def flash_attention_timed(
         if return_lse and lse_out is None:
             lse_out = memory.empty(q.shape[:3], np.float32)
     timing = _core.flash_attention(
-        {"q": q, "k": k, "v": v, "out": out, "lse": lse_out if return_lse else None},
-        {"causal": causal, "scale": scale, "block_q": block_q, "block_k": block_k}, backend or "", repeat)
+        {"q": q, "k": k, "v": v, "out": out, "lse": lse_out if return_lse else None, "alibi_slopes": alibi_slopes},
+        {"causal": causal, "scale": scale, "block_q": block_q, "block_k": block_k, "softcap": softcap,
+         **rope_options(rope)}, backend or "", repeat)
     return out, lse_out if return_lse else None, timing  # type: ignore[return-value]
 
 
@@ -97,6 +99,7 @@ def flash_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False, scale: float | None = None,
     block_q: int | None = None, block_k: int | None = None, return_lse: bool = False,
     backend: str | None = None, out: np.ndarray | None = None, lse_out: np.ndarray | None = None,
+    alibi_slopes: np.ndarray | None = None, softcap: float | None = None, rope: Rotary | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Flash attention forward: ``softmax(scale * Q K^T + mask) V``.
 
@@ -110,6 +113,11 @@ def flash_attention(
         return_lse: also return the logsumexp of each query row (natural log, float32 ``[B, Hq, Nq]``).
         backend: ``"metal"`` or ``"host"``; None picks the best available.
         out, lse_out: arrays to write the results into (shape and dtype as returned); allocated if None.
+        alibi_slopes, softcap, rope: prototype 7's variants, each a function constant of the kernel (off
+            when None): float32 ``[Hq]`` slopes adding ``slope_h * (j - (i + Nk - Nq))`` to the scaled
+            score (:func:`attention_proto.alibi_slopes`); ``softcap > 0`` capping the scaled scores to
+            ``softcap * tanh(score / softcap)`` before bias and mask; an :class:`attention_proto.Rotary`
+            rotating Q and K as their tiles load (see :mod:`attention_proto.protos.attention_variants`).
 
     Returns:
         The output ``[B, Hq, Nq, D]`` in the input dtype, or ``(out, lse)`` with ``return_lse``. A row
@@ -122,7 +130,7 @@ def flash_attention(
     """
     result, lse, _ = flash_attention_timed(q, k, v, causal=causal, scale=scale, block_q=block_q,
                                            block_k=block_k, return_lse=return_lse, backend=backend, out=out,
-                                           lse_out=lse_out)
+                                           lse_out=lse_out, alibi_slopes=alibi_slopes, softcap=softcap, rope=rope)
     return (result, lse) if return_lse else result
 
 
