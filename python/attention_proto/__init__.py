@@ -26,6 +26,7 @@ from .protos.flash_attention import flash_attention, flash_attention_timed
 from .protos.paged_attention import paged_attention, paged_attention_timed, paged_kv_write
 from .protos.linear_attention import linear_attention, linear_attention_timed
 from .protos.score_mod_attention import ScoreMod, score_mod_attention, score_mod_attention_timed, stitch
+from .protos import function_constants
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -54,6 +55,7 @@ __all__ = [
     "empty",
     "flash_attention",
     "flash_attention_timed",
+    "function_constants",
     "in_package_memory",
     "is_page_aligned",
     "kernels_in",

@@ -81,7 +81,9 @@ def variant_tiles(head_dim: int, dtype: str) -> list[tuple[int, int]]:
     """The 3 tiles of one (head dim, dtype): prototype 1's default, then the fitting tiles of largest
     area ``block_q * block_k`` (ties: the larger block_q), i.e. the biggest that fit 32 KB."""
     default = DEFAULT_TILES[(head_dim, dtype)]
-    rest = sorted((t for t in fitting_tiles(head_dim, _dtype(dtype)) if t != default),
+    # Tiles cost bytes by itemsize alone: bfloat16 fits as float16 does (and needs no ml_dtypes at import).
+    itemsize_twin = "float16" if dtype == "bfloat16" else dtype
+    rest = sorted((t for t in fitting_tiles(head_dim, itemsize_twin) if t != default),
                   key=lambda t: (-t[0] * t[1], -t[0]))
     return [default, *rest[:2]]
 
