@@ -172,7 +172,7 @@ def _worker() -> None:
     if req["mode"] == "add":
         rows = []
         for variant, strategy in items:
-            seconds = _core.metal_archive_add_call("function_constants", variant.shapes(), variant.options(strategy))
+            seconds = _metal.archive_add_call("function_constants", variant.shapes(), variant.options(strategy))
             rows.append({"variant": variant.name, "strategy": strategy, "add_s": seconds})
         _metal.archive_serialize()
     else:
