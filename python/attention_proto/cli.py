@@ -122,40 +122,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # archive (prototype 4)
 
 
-def _archive_module() -> Any:
+def cmd_archive(args: argparse.Namespace) -> int:
+    """`archive build` / `archive check` (Metal only): see attention_proto.function_constants."""
+    import attention_proto as ap
     from attention_proto import metal
-    from attention_proto.protos import function_constants
+    from attention_proto.protos import function_constants as fc
 
     if not metal.available():
-        import attention_proto as ap
-
-        raise CliError("binary archives need the Metal backend (macOS with an Apple GPU); backends here: "
-                       + ", ".join(ap.backends()))
-    return function_constants
-
-
-def cmd_archive_build(args: argparse.Namespace) -> int:
-    """Builds a binary archive of the flash kernel's variants (Metal only)."""
-    fc = _archive_module()
-    result = fc.archive_build(args.file, fc.variants(args.variants))
-    seconds = sum(r["add_s"] for r in result["rows"])
-    print(f"{args.file}: {len(result['rows'])} pipelines ({args.variants} variants) in {seconds:.2f} s, "
-          f"{result['bytes']} bytes; list in {args.file}.json")
-    return 0
-
-
-def cmd_archive_check(args: argparse.Namespace) -> int:
-    """Creates every pipeline listed with the archive from it alone; exit status 1 on any miss."""
-    fc = _archive_module()
+        raise CliError(f"binary archives need the Metal backend (macOS with an Apple GPU); backends here: "
+                       f"{', '.join(ap.backends())}")
+    chosen = fc.variants(args.variants) if args.variants else None
+    if args.action == "build":
+        built = fc.archive_build(args.file, chosen or fc.DEFAULT_VARIANTS)
+        print(f"{args.file}: {len(built['rows'])} pipelines in {sum(r['add_s'] for r in built['rows']):.2f} s, "
+              f"{built['bytes']} bytes; the list in {args.file}.json")
+        return 0
     if not Path(args.file).is_file():
         raise CliError(f"no binary archive at {args.file} (build one with `attention-proto archive build FILE`)")
-    result = fc.archive_check(args.file, fc.variants(args.variants) if args.variants else None)
-    rows = [{"variant": r["variant"], "cache": r["first"]["cache"], "ms": 1e3 * r["first"]["wall_s"]}
-            for r in result["rows"]]
-    bench.Table(rows).print()
-    print(f"{len(rows) - result['misses']} of {len(rows)} pipelines created from the archive alone "
-          "(FailOnBinaryArchiveMiss)")
-    return 1 if result["misses"] else 0
+    checked = fc.archive_check(args.file, chosen)
+    bench.Table([{"variant": r["variant"], "cache": r["first"]["cache"], "ms": 1e3 * r["first"]["wall_s"]}
+                 for r in checked["rows"]]).print()
+    print(f"{len(checked['rows']) - checked['misses']} of {len(checked['rows'])} pipelines created from the "
+          "archive alone (FailOnBinaryArchiveMiss)")
+    return 1 if checked["misses"] else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,22 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     arc = _command(
         sub, "archive", "prebuild or check a Metal binary archive of the flash kernel's variants",
-        "Prototype 4: put the pipelines of the flash kernel's variants (attention_proto.function_constants: "
-        "'default' = prototype 1's default tiles, 24 pipelines; 'all' = the 72 variants) in a Metal binary "
-        "archive, and check that a fresh process creates every one from it without compiling "
-        "(FailOnBinaryArchiveMiss). Archives need the Metal backend: elsewhere both fail with a message.",
+        "Prototype 4: `build FILE` puts the pipelines of the flash kernel's variants ('default': prototype 1's "
+        "default tiles, 24 pipelines; 'all': the 72 of attention_proto.function_constants.VARIANTS) in a Metal "
+        "binary archive and lists them in FILE.json; `check FILE` creates each in a fresh process from the archive "
+        "alone (FailOnBinaryArchiveMiss), exit status 1 on a miss. Both need the Metal backend.",
         ["archive build flash.metallib --variants all", "archive check flash.metallib"])
     asub = arc.add_subparsers(dest="action", metavar="ACTION", required=True)
-    abuild = _command(asub, "build", "build an archive", "Build the archive FILE (replacing it) and FILE.json, "
-                      "the list of its variants.", ["archive build flash.metallib"], cmd_archive_build)
-    abuild.add_argument("file", metavar="FILE", help="the archive to write")
-    abuild.add_argument("--variants", choices=("default", "all"), default="default", help="which variants")
-    acheck = _command(asub, "check", "check an archive loads without compiling", "Create the pipelines listed in "
-                      "FILE.json (or --variants) from the archive alone; exit status 1 on any miss.",
-                      ["archive check flash.metallib"], cmd_archive_check)
-    acheck.add_argument("file", metavar="FILE", help="the archive to check")
-    acheck.add_argument("--variants", choices=("default", "all"), default=None,
-                        help="which variants (default: those FILE.json lists)")
+    for action, summary in (("build", "build an archive (replacing FILE)"), ("check", "check FILE loads alone")):
+        a = _command(asub, action, summary, summary + ".", [f"archive {action} flash.metallib"], cmd_archive)
+        a.add_argument("file", metavar="FILE", help="the binary archive")
+        a.add_argument("--variants", choices=("default", "all"), default=None,
+                       help="which variants (default: build 'default'; check those FILE.json lists)")
 
     fnd = _command(
         sub, "findings", "list, show, validate or summarise findings",

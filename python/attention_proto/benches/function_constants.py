@@ -12,6 +12,7 @@ import argparse
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,22 @@ def compile_batch(ctx: Context, strategy: str) -> dict[str, Row]:
     return out
 
 
+def from_batch(ctx: Context, key: Any, make: Callable[[], dict[str, Row]], variant: str) -> Row:
+    """One variant's row of a batch measured once for all its rows (a failed batch fails every row
+    without running again)."""
+    def guarded() -> dict[str, Row]:
+        try:
+            return make()
+        except Exception as exc:  # reported in each row's error column
+            return {"": {"error": f"{type(exc).__name__}: {exc}"}}
+    batch = ctx.cached(key, guarded)
+    if "" in batch:
+        raise RuntimeError(batch[""]["error"])
+    return batch[variant]
+
+
 def measure_compile(ctx: Context, c: Row) -> Row:
-    return ctx.cached(("compile", c["strategy"]), lambda: compile_batch(ctx, c["strategy"]))[c["variant"]]
+    return from_batch(ctx, ("compile", c["strategy"]), lambda: compile_batch(ctx, c["strategy"]), c["variant"])
 
 
 def archive_batch(ctx: Context) -> dict[str, Row]:
@@ -110,8 +125,7 @@ def measure_kernel(ctx: Context, c: Row) -> Row:
     call = lambda r: fc.flash_attention_variant_timed(q, k, v, strategy=c["strategy"], block_q=bq, block_k=bk,
                                                       backend=ctx.backend, out=out, repeat=r)[2]
     timing = ctx.time(call)
-    return {**ctx.perf(timing, bench.attention_flops(b, h, n, n, c["D"]), c["dtype"]),
-            "samples_ms": [1e3 * x for x in timing.gpu.samples]}
+    return ctx.perf(timing, bench.attention_flops(b, h, n, n, c["D"]), c["dtype"])
 
 
 def kernel_configs(ctx: Context) -> list[Row]:
@@ -122,95 +136,97 @@ def kernel_configs(ctx: Context) -> list[Row]:
             for s in fc.STRATEGIES]
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    return bench.TimingStats.from_samples([x / 1e3 for x in values], "backend").evidence()
+def med(rows: list[Row], key: str) -> float:
+    return float(np.median([r[key] for r in rows]))
+
+
+def stats(ctx: Context, values_ms: list[float], table: str) -> dict[str, Any]:
+    """Evidence: the samples (seconds) with their spread, and the table they come from."""
+    return {**bench.TimingStats.from_samples([x / 1e3 for x in values_ms], "backend").evidence(),
+            "table": ctx.table_path(table)}
+
+
+def compile_findings(ctx: Context, by: dict[str, list[Row]], n: int) -> list[kb.Finding]:
+    """Cold creation per variant (Metal; the emulator's JIT with its disk and memory hits on the host) and
+    the strategies' totals."""
+    label, config, cold = EMULATOR if ctx.is_host else "", {"variants": n}, by["constants"]
+    total = {s: sum(r["cold_ms"] for r in by[s]) for s in fc.STRATEGIES}
+    p80 = float(np.percentile([r["cold_ms"] for r in cold], 80))
+    of72 = f"all 72 {total['constants'] * 72 / n:.0f} ms"
+    of72 += f" (derived: the {n} measured x 72 / {n})" if n < 72 else ""
+    if ctx.is_host:
+        first = ctx.finding(
+            "host_compile", "compile", "host_cold_jit_ms", med(cold, "cold_ms"), "ms", config,
+            f"{label}cold JIT per variant (empty disk cache, fresh process) median {med(cold, 'cold_ms'):.0f} ms "
+            f"(p80 {p80:.0f}), disk-cache hit in a fresh process {med(cold, 'disk_ms'):.1f} ms, in-process hit "
+            f"{med(cold, 'memory_ms'):.3f} ms; {of72}", stats(ctx, [r["cold_ms"] for r in cold], "compile"))
+    else:
+        first = ctx.finding(
+            "cold_compile", "compile", "cold_pipeline_ms", med(cold, "cold_ms"), "ms", config,
+            f"cold pipeline creation per variant by function constants (a unique comment appended to the shader "
+            f"defeats Metal's shader cache; the library compiles once) median {med(cold, 'cold_ms'):.1f} ms (p80 "
+            f"{p80:.1f}), {of72}; warm (backend caches cleared: Metal's own cache) median "
+            f"{med(cold, 'warm_ms'):.1f} ms",
+            stats(ctx, [r["cold_ms"] for r in cold], "compile"))
+    return [first, ctx.finding(
+        "library_per_variant", "compile", "defines_over_constants_compile", total["defines"] / total["constants"], "x",
+        config, f"{label}cold compile of the {n} measured variants: a library per variant (defines) "
+        f"{total['defines']:.0f} ms, function constants {total['constants']:.0f} ms, runtime arguments "
+        f"{total['runtime']:.0f} ms (one pipeline per dtype)",
+        stats(ctx, [r["cold_ms"] for r in by["defines"]], "compile"))]
+
+
+def archive_finding(ctx: Context, cold: list[Row], arch: list[Row], n: int) -> kb.Finding:
+    hits = sum(r["cache"] == "archive" for r in arch)
+    speedup = med(cold, "pipeline_ms") / max(med(arch, "load_pipeline_ms"), 1e-9)
+    return ctx.finding(
+        "archive", "compile", "archive_pipeline_speedup", speedup, "x", {"variants": n},
+        f"from a binary archive (fresh process, FailOnBinaryArchiveMiss) {hits} of {len(arch)} pipelines were hits; "
+        f"pipeline stage median {med(arch, 'load_pipeline_ms'):.2f} ms vs {med(cold, 'pipeline_ms'):.2f} ms cold "
+        f"({speedup:.1f}x); {arch[0]['archive_bytes']} bytes on disk",
+        stats(ctx, [r["load_pipeline_ms"] for r in arch], "archive"), extra={"bytes": arch[0]["archive_bytes"]})
+
+
+def kernel_findings(ctx: Context, kernel: bench.Table, by: dict[str, list[Row]], found: list[kb.Finding],
+                    n: int) -> list[kb.Finding]:
+    """Runtime arguments over function constants per head dim, and the strategy the numbers pick."""
+    perf = {(r["D"], r["dtype"], r["strategy"]): r["median_ms"] for r in kernel.rows if "median_ms" in r}
+    ratio = {s: {k[:2]: perf[(*k[:2], s)] / t for k, t in perf.items() if k[2] == "constants" and (*k[:2], s) in perf}
+             for s in ("runtime", "defines")}
+    if not ratio["runtime"]:
+        return []
+    runtime, worst = ratio["runtime"], max(ratio["runtime"].values())
+    evidence = {"samples": sorted(runtime.values()), "table": ctx.table_path("kernel")}
+    out = [ctx.finding(
+        "specialisation_speedup", "performance", "runtime_over_constants_time", worst, "x",
+        {"shape": list(SHAPES[where(ctx)])}, f"kernel time of runtime arguments / function constants on "
+        f"{ctx.device['name']}: " + ", ".join(f"D{d} {t} {x:.2f}x" for (d, t), x in sorted(runtime.items())),
+        {**evidence, "derived": "runtime median / constants median per (D, dtype)"})]
+    by_defines = float(np.median(list(ratio["defines"].values()) or [1.0]))
+    rule = "runtime if max(runtime/constants) <= 1.05, else defines if median(defines/constants) < 0.95, else constants"
+    choice = "runtime arguments" if worst <= 1.05 else "a library per variant" if by_defines < 0.95 else \
+        "function constants"
+    compile_ratio = sum(r["cold_ms"] for r in by["defines"]) / max(sum(r["cold_ms"] for r in by["constants"]), 1e-9)
+    archive = "".join(f"; a binary archive creates pipelines {f.value:.1f}x faster" for f in found
+                      if f.question == "archive")
+    out.append(ctx.finding(
+        "recommendation", "api", "runtime_args_worst_slowdown", worst, "x", {"variants": n},
+        f"{EMULATOR if ctx.is_host else ''}specialise with {choice}: runtime arguments take "
+        f"{min(runtime.values()):.2f}..{worst:.2f}x the kernel time of function constants, a library per variant "
+        f"{by_defines:.2f}x (median) and {compile_ratio:.2f}x the cold compile time{archive}",
+        {**evidence, "derived": rule}, extra={"choice": choice}))
+    return out
 
 
 def findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Finding]:
-    found: list[kb.Finding] = []
-    rows = [r for r in tables["compile"].rows if "cold_ms" in r]
-    label = EMULATOR if ctx.is_host else ""
     n = len(chosen(ctx))
-    by = {s: [r for r in rows if r["strategy"] == s] for s in fc.STRATEGIES}
-    total = {s: sum(r["cold_ms"] for r in by[s]) for s in fc.STRATEGIES}
-    scale = f" (derived: the {n} measured x 72 / {n})" if n < 72 else ""
-    config = {"variants": n}
-    cold = [r["cold_ms"] for r in by["constants"]]
-    if cold:
-        med, p80 = float(np.median(cold)), float(np.percentile(cold, 80))
-        if ctx.is_host:
-            disk, mem = (float(np.median([r[k] for r in by["constants"]])) for k in ("disk_ms", "memory_ms"))
-            found.append(ctx.finding(
-                "host_compile", "compile", "host_cold_jit_ms", med, "ms", config,
-                f"{label}cold JIT per variant (empty disk cache, fresh process) median {med:.0f} ms (p80 {p80:.0f}), "
-                f"disk-cache hit in a fresh process {disk:.1f} ms, in-process hit {mem:.3f} ms; all 72 cold "
-                f"{total['constants'] * 72 / n / 1e3:.0f} s{scale}", {**spread(cold), "table": ctx.table_path("compile")}))
-        else:
-            warm = float(np.median([r["warm_ms"] for r in by["constants"]]))
-            found.append(ctx.finding(
-                "cold_compile", "compile", "cold_pipeline_ms", med, "ms", config,
-                f"cold pipeline creation per variant by function constants (a unique comment appended to the "
-                f"shader defeats Metal's shader cache; the library compiles once, in the first) median {med:.1f} ms "
-                f"(p80 {p80:.1f}), all 72 {total['constants']:.0f} ms; warm (backend caches cleared, Metal's own "
-                f"cache) median {warm:.1f} ms", {**spread(cold), "table": ctx.table_path("compile")}))
-    if cold and by["defines"]:
-        ratio = total["defines"] / total["constants"]
-        found.append(ctx.finding(
-            "library_per_variant", "compile", "defines_over_constants_compile", ratio, "x", config,
-            f"{label}total cold compile of the {n} measured variants: a library per variant (defines) {total['defines']:.0f} ms, "
-            f"function constants {total['constants']:.0f} ms ({ratio:.2f}x), runtime arguments "
-            f"{total['runtime']:.0f} ms (one pipeline per dtype)",
-            {"samples": [r["cold_ms"] for r in by["defines"]], "table": ctx.table_path("compile")}))
+    by = {s: [r for r in tables["compile"].rows if r["strategy"] == s and "cold_ms" in r] for s in fc.STRATEGIES}
+    if not all(by.values()):
+        return []
+    found = compile_findings(ctx, by, n)
     arch = [r for r in tables["archive"].rows if "load_ms" in r] if "archive" in tables else []
-    if arch and cold:
-        hits = sum(r["cache"] == "archive" for r in arch)
-        pipe = [r["pipeline_ms"] for r in by["constants"]]
-        load = [r["load_pipeline_ms"] for r in arch]
-        speedup = float(np.median(pipe)) / max(float(np.median(load)), 1e-9)
-        found.append(ctx.finding(
-            "archive", "compile", "archive_pipeline_speedup", speedup, "x", config,
-            f"with a binary archive (FailOnBinaryArchiveMiss, fresh process) {hits} of {len(arch)} pipelines were "
-            f"archive hits; pipeline stage median {np.median(load):.2f} ms vs {np.median(pipe):.2f} ms cold "
-            f"({speedup:.1f}x); archive {arch[0]['archive_bytes']} bytes on disk",
-            {**spread(load), "table": ctx.table_path("archive")}, extra={"bytes": arch[0]["archive_bytes"]}))
-    perf = {(r["D"], r["dtype"], r["strategy"]): r for r in tables["kernel"].rows if "median_ms" in r}
-    ratios = {key[:2]: perf[(*key[:2], "runtime")]["median_ms"] / r["median_ms"]
-              for key, r in perf.items() if key[2] == "constants" and (*key[:2], "runtime") in perf}
-    if ratios:
-        worst = max(ratios, key=lambda k: ratios[k])
-        found.append(ctx.finding(
-            "specialisation_speedup", "performance", "runtime_over_constants_time", ratios[worst], "x",
-            {"shape": list(SHAPES[where(ctx)])},
-            f"kernel time of runtime arguments / function constants on {ctx.device['name']}: "
-            + ", ".join(f"D{d} {t} {x:.2f}x" for (d, t), x in sorted(ratios.items())),
-            {"samples": perf[(*worst, "runtime")]["samples_ms"], "table": ctx.table_path("kernel")},
-            extra={"D": worst[0], "dtype": worst[1]}))
-    if cold and ratios:
-        found.append(recommend(ctx, label, config, ratios, perf, total, found))
-    return found
-
-
-def recommend(ctx: Context, label: str, config: Row, ratios: dict[Any, float], perf: dict[Any, Row],
-              total: dict[str, float], found: list[kb.Finding]) -> kb.Finding:
-    """The strategy the numbers pick: runtime arguments when they cost at most 5% in every measured kernel,
-    else a library per variant when its kernels are 5% faster than function constants' (median), else
-    function constants (with a binary archive for the start-up cost)."""
-    worst = max(ratios.values())
-    by_defines = float(np.median([perf[(*k, "defines")]["median_ms"] / perf[(*k, "constants")]["median_ms"]
-                                  for k in ratios if (*k, "defines") in perf] or [1.0]))
-    choice = ("runtime arguments" if worst <= 1.05 else "a library per variant" if by_defines < 0.95
-              else "function constants")
-    archive = [f for f in found if f.question == "archive"]
-    return ctx.finding(
-        "recommendation", "api", "runtime_args_worst_slowdown", worst, "x", config,
-        f"{label}specialise with {choice}: runtime arguments take {min(ratios.values()):.2f}..{worst:.2f}x the kernel "
-        f"time of function constants, a library per variant {by_defines:.2f}x (median) and "
-        f"{total['defines'] / total['constants']:.2f}x the cold compile time; runtime arguments compile "
-        f"{total['runtime'] / total['constants']:.2f}x (one pipeline per dtype)"
-        + (f"; a binary archive creates pipelines {archive[0].value:.1f}x faster" if archive else ""),
-        {"samples": sorted(ratios.values()), "table": ctx.table_path("kernel"),
-         "derived": "runtime if max(runtime/constants) <= 1.05, else defines if median(defines/constants) < 0.95, "
-                    "else constants"}, extra={"choice": choice})
+    found += [archive_finding(ctx, by["constants"], arch, n)] if arch else []
+    return found + kernel_findings(ctx, tables["kernel"], by, found, n)
 
 
 SPEC = BenchSpec(
@@ -238,7 +254,7 @@ SPEC = BenchSpec(
                                                title="cold compile time per variant"),)),
         TableSpec("archive", "binary archive: add, then create from it alone (FailOnBinaryArchiveMiss)",
                   lambda ctx: [] if ctx.is_host else [{"variant": v.name} for v in chosen(ctx)],
-                  lambda ctx, c: ctx.cached("archive", lambda: archive_batch(ctx))[c["variant"]]),
+                  lambda ctx, c: from_batch(ctx, "archive", lambda: archive_batch(ctx), c["variant"])),
         TableSpec("kernel", "kernel time by strategy (default tile, not causal)", kernel_configs, measure_kernel,
                   plots=(Plot("bar", "D", "median_ms", series="strategy", per=("dtype",)),)),
     ),

@@ -200,7 +200,8 @@ def compile_costs(items: Sequence[tuple[Variant, str]], backend: str, *, mode: s
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def archive_build(path: str | os.PathLike[str], chosen: Iterable[Variant], strategy: str = "constants") -> dict[str, Any]:
+def archive_build(path: str | os.PathLike[str], chosen: Iterable[Variant],
+                  strategy: str = "constants") -> dict[str, Any]:
     """Builds a Metal binary archive at ``path`` holding the pipelines of ``chosen`` (in a fresh process)
     and writes their list next to it (``<path>.json``, what :func:`archive_check` reads). Returns the
     seconds per pipeline and the archive's size. Raises BackendUnavailableError without Metal."""
