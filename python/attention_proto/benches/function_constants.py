@@ -152,7 +152,7 @@ def compile_findings(ctx: Context, by: dict[str, list[Row]], n: int) -> list[kb.
     label, config, cold = EMULATOR if ctx.is_host else "", {"variants": n}, by["constants"]
     total = {s: sum(r["cold_ms"] for r in by[s]) for s in fc.STRATEGIES}
     p80 = float(np.percentile([r["cold_ms"] for r in cold], 80))
-    of72 = f"all 72 {total['constants'] * 72 / n:.0f} ms"
+    of72 = f"all 72 {total['constants'] * 72 / n / 1e3:.2f} s"
     of72 += f" (derived: the {n} measured x 72 / {n})" if n < 72 else ""
     if ctx.is_host:
         first = ctx.finding(
@@ -211,7 +211,7 @@ def kernel_findings(ctx: Context, kernel: bench.Table, by: dict[str, list[Row]],
                       if f.question == "archive")
     out.append(ctx.finding(
         "recommendation", "api", "runtime_args_worst_slowdown", worst, "x", {"variants": n},
-        f"{EMULATOR if ctx.is_host else ''}specialise with {choice}: runtime arguments take "
+        f"{EMULATOR if ctx.is_host else ''}choose {choice}: runtime arguments take "
         f"{min(runtime.values()):.2f}..{worst:.2f}x the kernel time of function constants, a library per variant "
         f"{by_defines:.2f}x (median) and {compile_ratio:.2f}x the cold compile time{archive}",
         {**evidence, "derived": rule}, extra={"choice": choice}))
