@@ -16,6 +16,13 @@ struct FlashAttentionParams {
   uint32_t kv_len;
   uint32_t q_per_kv;   // q_heads / kv_heads: query heads sharing one key/value head (GQA, MQA)
   float scale_log2;    // softmax scale * log2(e): scores go straight to the exp2 domain
+  // Prototype 4's runtime-argument build (APROTO_RUNTIME_ARGS) reads its specialisation from here; the
+  // function-constant kernel ignores these (prototype 1 leaves them 0).
+  uint32_t block_q;
+  uint32_t block_k;
+  uint32_t head_dim;
+  uint32_t causal;     // 0 or 1
+  uint32_t write_lse;  // 0 or 1
 };
 
 // paged_attention.metal, buffer(6) of the attention kernels and buffer(4) of the reduce kernel.

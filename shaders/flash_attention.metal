@@ -49,11 +49,31 @@
 #include "rope.h"
 using namespace metal;
 
+// Prototype 4 (src/protos/function_constants.cpp) builds this kernel three ways; the default is the
+// function constants. APROTO_SPECIALISE_BY_DEFINES: the same values as literal defines, a library per
+// variant, register arrays sized exactly. APROTO_RUNTIME_ARGS: no specialisation, the values read from
+// the params `p` in scope, register arrays at the maxima APROTO_MAX_HEAD_DIM / APROTO_MAX_BLOCK_K.
+#if defined(APROTO_SPECIALISE_BY_DEFINES)
+constant constexpr uint BLOCK_Q = APROTO_BLOCK_Q;
+constant constexpr uint BLOCK_K = APROTO_BLOCK_K;
+constant constexpr uint HEAD_DIM = APROTO_HEAD_DIM;
+constant constexpr bool CAUSAL = APROTO_CAUSAL;
+constant constexpr bool WRITE_LSE = APROTO_WRITE_LSE;
+#define APROTO_MAX_HEAD_DIM APROTO_HEAD_DIM
+#define APROTO_MAX_BLOCK_K APROTO_BLOCK_K
+#elif defined(APROTO_RUNTIME_ARGS)
+#define BLOCK_Q (p.block_q)
+#define BLOCK_K (p.block_k)
+#define HEAD_DIM (p.head_dim)
+#define CAUSAL (p.causal != 0)
+#define WRITE_LSE (p.write_lse != 0)
+#else
 constant uint BLOCK_Q   [[function_constant(0)]];  // query rows per threadgroup, multiple of 8
 constant uint BLOCK_K   [[function_constant(1)]];  // keys per step, multiple of 8
 constant uint HEAD_DIM  [[function_constant(2)]];  // D: 32, 64, 80, 96, 128 or 256
 constant bool CAUSAL    [[function_constant(3)]];
 constant bool WRITE_LSE [[function_constant(4)]];
+#endif
 // Variants (prototype 7), each off in the base kernel so it compiles to exactly what it was. Their
 // arguments: alibi slopes (buffer 6) and FlashVariantParams (buffer 7, attention_params.h).
 constant bool USE_ALIBI   [[function_constant(5)]];  // + slope_h * (j - (i + Nk - Nq)) on the scaled score
@@ -61,22 +81,33 @@ constant bool USE_SOFTCAP [[function_constant(6)]];  // score -> softcap * tanh(
 constant bool USE_ROPE    [[function_constant(7)]];  // Q and K rotated (rope.h) as their tiles are loaded
 constant bool ROPE_NEOX   [[function_constant(8)]];  // USE_ROPE: neox pairs, else gptj
 
+#if defined(APROTO_RUNTIME_ARGS)
+#define SIMDGROUPS (BLOCK_Q / 8)
+#define THREADS (SIMDGROUPS * 32)
+#define D_FRAGS (HEAD_DIM / 8)
+#define K_FRAGS (BLOCK_K / 8)
+#else
 constant uint SIMDGROUPS = BLOCK_Q / 8;      // one SIMD-group per 8 query rows
 constant uint THREADS = SIMDGROUPS * 32;
 constant uint D_FRAGS = HEAD_DIM / 8;        // 8x8 fragments across the head dimension
 constant uint K_FRAGS = BLOCK_K / 8;         // 8x8 fragments across one step of keys
+#endif
 constant uint ROW_PAD_BYTES = 16;
 
 // Literal maxima for the register arrays (array sizes must be compile-time constants in MSL; function
 // constants are not). src/protos/flash_attention.cpp (supported_head_dims, kMaxBlockK) and the Python
 // API (HEAD_DIMS, MAX_BLOCK_K) reject head dims and block_k above them.
-constant constexpr uint MAX_HEAD_DIM = 256;  // largest supported D
-constant constexpr uint MAX_BLOCK_K = 128;   // largest block_k, the sweep's largest tile
+#ifndef APROTO_MAX_HEAD_DIM
+#define APROTO_MAX_HEAD_DIM 256u  // largest supported D
+#define APROTO_MAX_BLOCK_K 128u   // largest block_k, the sweep's largest tile
+#endif
+constant constexpr uint MAX_HEAD_DIM = APROTO_MAX_HEAD_DIM;
+constant constexpr uint MAX_BLOCK_K = APROTO_MAX_BLOCK_K;
 
 // Loops over the 8x8 fragments index register arrays (acc, s, p_frag); unrolled once the function
 // constants fix their trip counts, the arrays stay in registers instead of spilling. (The host
 // backend's C++ compiler decides for itself; unrolling there only costs compile time.)
-#ifdef __METAL_VERSION__
+#if defined(__METAL_VERSION__) && !defined(APROTO_RUNTIME_ARGS)  // runtime trip counts cannot unroll fully
 #define UNROLL _Pragma("clang loop unroll(full)")
 #else
 #define UNROLL
@@ -101,10 +132,12 @@ vec<T, 4> rotate_chunk(vec<T, 4> x, device const T* row, uint col, int pos, cons
 // Copies rows [first, first + rows) of a [len, HEAD_DIM] matrix into a tile with `row_stride`; rows at
 // or past `len` become 0 (not NaN or stale data: the kernel multiplies them, and 0 * NaN is NaN).
 // Four elements per thread per step; a chunk never crosses a row since HEAD_DIM % 8 == 0. With
-// `rotate` (Q and K when USE_ROPE), row first + r is rotated at position pos0 + first + r.
+// `rotate` (Q and K when USE_ROPE), row first + r is rotated at position pos0 + first + r. `p` is read
+// only by the runtime-argument build (HEAD_DIM, THREADS are its fields there).
 template <typename T>
 void load_rows(threadgroup T* tile, uint row_stride, device const T* src, uint first, uint len, uint rows,
-               ushort tid, bool rotate, int pos0, constant FlashVariantParams& vp)
+               ushort tid, bool rotate, int pos0, constant FlashAttentionParams& p,
+               constant FlashVariantParams& vp)
 {
     const uint chunks_per_row = HEAD_DIM / 4;
     for (uint c = tid; c < rows * chunks_per_row; c += THREADS) {
@@ -145,7 +178,7 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
     k += kv_offset;
     v += kv_offset;
 
-    load_rows(q_tile, row_stride, q, q_start, p.q_len, BLOCK_Q, tid, true, vp.rope_q_offset, vp);
+    load_rows(q_tile, row_stride, q, q_start, p.q_len, BLOCK_Q, tid, true, vp.rope_q_offset, p, vp);
 
     // Keys this query block needs: all of them, or with the causal mask those up to what its last
     // row sees. 0 blocks when no row of the block sees a key (Nq > Nk); the loop then never runs.
@@ -174,8 +207,8 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 
     for (uint key_start = 0; key_start < kv_end; key_start += BLOCK_K) {
         threadgroup_barrier(mem_flags::mem_threadgroup);  // Q tile written / last step's K, V read
-        load_rows(k_tile, row_stride, k, key_start, p.kv_len, BLOCK_K, tid, true, vp.rope_k_offset, vp);
-        load_rows(v_tile, row_stride, v, key_start, p.kv_len, BLOCK_K, tid, false, 0, vp);
+        load_rows(k_tile, row_stride, k, key_start, p.kv_len, BLOCK_K, tid, true, vp.rope_k_offset, p, vp);
+        load_rows(v_tile, row_stride, v, key_start, p.kv_len, BLOCK_K, tid, false, 0, p, vp);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
         // S = Q K^T for this SIMD-group's 8 rows: K^T fragments are transposed loads of the K tile.

@@ -27,6 +27,7 @@ from .protos.paged_attention import paged_attention, paged_attention_timed, page
 from .protos.linear_attention import linear_attention, linear_attention_timed
 from .protos.score_mod_attention import ScoreMod, score_mod_attention, score_mod_attention_timed, stitch
 from .protos.attention_variants import Rotary, alibi_slopes, rope, rope_timed
+from .protos import function_constants
 from .runtime import backends, device_info, shader_dir
 
 try:
@@ -55,6 +56,7 @@ __all__ = [
     "empty",
     "flash_attention",
     "flash_attention_timed",
+    "function_constants",
     "in_package_memory",
     "is_page_aligned",
     "kernels_in",

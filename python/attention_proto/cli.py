@@ -119,6 +119,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# archive (prototype 4)
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    """`archive build` / `archive check` (Metal only): see attention_proto.function_constants."""
+    import attention_proto as ap
+    from attention_proto import metal
+    from attention_proto.protos import function_constants as fc
+
+    if not metal.available():
+        raise CliError(f"binary archives need the Metal backend (macOS with an Apple GPU); backends here: "
+                       f"{', '.join(ap.backends())}")
+    chosen = fc.variants(args.variants) if args.variants else None
+    if args.action == "build":
+        built = fc.archive_build(args.file, chosen or fc.DEFAULT_VARIANTS)
+        print(f"{args.file}: {len(built['rows'])} pipelines in {sum(r['add_s'] for r in built['rows']):.2f} s, "
+              f"{built['bytes']} bytes; the list in {args.file}.json")
+        return 0
+    if not Path(args.file).is_file():
+        raise CliError(f"no binary archive at {args.file} (build one with `attention-proto archive build FILE`)")
+    checked = fc.archive_check(args.file, chosen)
+    bench.Table([{"variant": r["variant"], "cache": r["first"]["cache"], "ms": 1e3 * r["first"]["wall_s"]}
+                 for r in checked["rows"]]).print()
+    print(f"{len(checked['rows']) - checked['misses']} of {len(checked['rows'])} pipelines created from the "
+          "archive alone (FailOnBinaryArchiveMiss)")
+    return 1 if checked["misses"] else 0
+
+
+# --------------------------------------------------------------------------------------------------
 # findings
 
 
@@ -388,6 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--force", action="store_true", help="run benches whose findings already exist again")
     lab.add_argument("--numerics", default="all", metavar="EXPR",
                      help="which numerics checks: 'all' (default), 'none', or a pytest -k expression")
+
+    arc = _command(
+        sub, "archive", "prebuild or check a Metal binary archive of the flash kernel's variants",
+        "Prototype 4: `build FILE` puts the pipelines of the flash kernel's variants ('default': prototype 1's "
+        "default tiles, 24 pipelines; 'all': the 72 of attention_proto.function_constants.VARIANTS) in a Metal "
+        "binary archive and lists them in FILE.json; `check FILE` creates each in a fresh process from the archive "
+        "alone (FailOnBinaryArchiveMiss), exit status 1 on a miss. Both need the Metal backend.",
+        ["archive build flash.metallib --variants all", "archive check flash.metallib"])
+    asub = arc.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, summary in (("build", "build an archive (replacing FILE)"), ("check", "check FILE loads alone")):
+        a = _command(asub, action, summary, summary + ".", [f"archive {action} flash.metallib"], cmd_archive)
+        a.add_argument("file", metavar="FILE", help="the binary archive")
+        a.add_argument("--variants", choices=("default", "all"), default=None,
+                       help="which variants (default: build 'default'; check those FILE.json lists)")
 
     fnd = _command(
         sub, "findings", "list, show, validate or summarise findings",

@@ -53,6 +53,12 @@ def archive_add(kernel: Kernel) -> float:
                                               kernel.max_threads_per_threadgroup))
 
 
+def archive_add_call(proto: str, shapes: dict[str, Any], options: dict[str, Any]) -> float:
+    """Compiles every pipeline the prototype call ``proto`` would launch (``shapes``: {argument: (shape,
+    dtype)} and ``options``, as for ``_core.plan``) into the current archive; returns the seconds."""
+    return float(_require().metal_archive_add_call(proto, shapes, options))
+
+
 def archive_serialize() -> None:
     """Writes the current archive to its path."""
     _require().metal_archive_serialize()

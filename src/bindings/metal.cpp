@@ -33,6 +33,7 @@ struct NoMetal {
   void set_archive(const std::string&, bool) { fail(); }
   void clear_archive() { fail(); }
   std::string archive_path() const { fail(); }
+  const DeviceInfo& info() const { fail(); }
   double archive_add(const Source&, const PipelineSpec&) { fail(); }
   void archive_serialize() { fail(); }
   void clear_caches() { fail(); }
@@ -69,6 +70,21 @@ void init_metal(nb::module_& m) {
       "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a, "defines"_a, "linked_functions"_a,
       "max_threads_per_threadgroup"_a,
       "Compiles one pipeline into the current archive (with the same descriptor lookups use); returns the seconds.");
+  m.def(
+      "metal_archive_add_call",
+      [](const std::string& name, const nb::dict& shapes, const nb::dict& options) {
+        auto&& backend = metal();
+        const proto::Proto& p = find_proto(name);
+        proto::Call call = make_call(p, shapes, options, backend.info(), true);
+        nb::gil_scoped_release release;
+        double seconds = 0.0;
+        for (const proto::LaunchInfo& l : proto::plan(call, "metal", false))
+          seconds += backend.archive_add(proto::shader_source(p), l.spec);
+        return seconds;
+      },
+      "proto"_a, "shapes"_a, "options"_a,
+      "Compiles every pipeline a prototype call would launch ({argument: (shape, dtype)} and its options, as for "
+      "plan()) into the current archive; returns the seconds.");
   m.def(
       "metal_archive_serialize",
       [] {

@@ -14,8 +14,6 @@ using namespace nb::literals;
 
 namespace aproto::bindings {
 
-namespace {
-
 const proto::Proto& find_proto(const std::string& name) {
   std::string names;
   for (const proto::Proto* p : proto::registry()) {
@@ -42,6 +40,8 @@ proto::Call make_call(const proto::Proto& p, const nb::dict& arrays, const nb::d
   }
   return proto::Call(p, std::move(a), std::move(o), device);
 }
+
+namespace {
 
 // The binding's docstring, generated from the spec so it never drifts from what the entry checks.
 std::string docstring(const proto::Proto& p) {
@@ -90,6 +90,9 @@ void init_protos(nb::module_& m) {
       "proto"_a, "shapes"_a, "options"_a, "backend"_a = "", "build"_a = false,
       "The launches a prototype call would make (pipeline keys, geometry, threadgroup memory) from "
       "{argument: (shape, dtype)} alone, without dispatching; `build` also builds their pipelines (PipelineInfo).");
+  m.def("set_shader_note", &proto::set_shader_note, "note"_a,
+        "Appends the comment `note` to every prototype shader's text from now on ('' = none), so Metal's own "
+        "shader cache has never seen it: cold compiles (prototype 4, in a process of its own).");
   m.def(
       "proto_facts", [](const std::string& name) { return find_proto(name).facts; }, "proto"_a,
       "Limits and supported values a prototype's entry point checks against (e.g. 'head_dims').");

@@ -29,4 +29,10 @@ proto::Array to_planned_array(nb::handle obj, const std::string& who);
 // A Python option value: None, bool (numpy bool too), int, float, str. TypeError otherwise.
 proto::OptionValue to_option(nb::handle obj, const std::string& who);
 
+// The registered prototype `name` (ValueError listing them otherwise).
+const proto::Proto& find_proto(const std::string& name);
+// Python dicts of arrays and options -> a Call. `planned`: arrays are (shape, dtype) pairs.
+proto::Call make_call(const proto::Proto& p, const nb::dict& arrays, const nb::dict& options, const DeviceInfo& device,
+                      bool planned);
+
 }  // namespace aproto::bindings

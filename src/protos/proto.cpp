@@ -12,6 +12,7 @@ namespace aproto::proto {
 namespace {
 
 std::string g_shader_dir;
+std::string g_shader_note;
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "(";
@@ -281,12 +282,17 @@ const std::vector<const Proto*>& registry() { return mutable_registry(); }
 Registration::Registration(const Proto& proto) { mutable_registry().push_back(&proto); }
 
 void set_shader_dir(const std::string& dir) { g_shader_dir = dir; }
+void set_shader_note(const std::string& note) { g_shader_note = note.empty() ? "" : "\n// " + note + "\n"; }
+
+Source shader_source(const Proto& proto) {
+  const std::string path = g_shader_dir + "/" + proto.shader;
+  return {shader_text(path) + g_shader_note, path, {g_shader_dir}};
+}
 
 namespace {
 
 std::vector<std::shared_ptr<Pipeline>> build(const Call& call, Backend& backend, const std::vector<Launch>& launches) {
-  const std::string path = g_shader_dir + "/" + call.proto().shader;
-  Source source{shader_text(path), path, {g_shader_dir}};
+  const Source source = shader_source(call.proto());
   std::vector<std::shared_ptr<Pipeline>> out;
   for (const Launch& l : launches) {
     if (!l.source) {
@@ -309,6 +315,7 @@ LaunchInfo describe(const Launch& l) {
   info.grid = l.args.grid;
   info.threadgroup = l.args.threadgroup;
   info.threadgroup_memory = l.args.threadgroup_memory;
+  info.spec = l.pipeline;
   return info;
 }
 

@@ -154,6 +154,7 @@ struct LaunchInfo {
   std::array<uint32_t, 3> threadgroup{1, 1, 1};
   std::map<uint32_t, uint64_t> threadgroup_memory;
   std::optional<PipelineInfo> pipeline;  // set when the pipeline was built
+  PipelineSpec spec;                     // what selects the pipeline (e.g. to add it to a binary archive)
 };
 
 struct CallResult {
@@ -170,6 +171,12 @@ struct Registration {
 
 // Where the installed shaders live (set once by the Python package at import).
 void set_shader_dir(const std::string& dir);
+// A comment appended to every prototype shader's text from now on ("" = none): a text Metal's own shader
+// cache has never seen, so a compile is cold (prototype 4's measurements, in a process of their own).
+void set_shader_note(const std::string& note);
+// The source a prototype's pipelines are built from: its shader (and the note), with the shader folder
+// for includes.
+Source shader_source(const Proto& proto);
 
 // Plans, checks the device's limits, builds the pipelines and dispatches the sequence `repeat` times.
 // Call without the GIL.
