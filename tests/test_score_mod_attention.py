@@ -90,6 +90,15 @@ def test_stitched_composition(backend, rng, mode):
     check(o, r, "float32")
 
 
+@pytest.mark.parametrize("mode", ["inline", "stitched"])
+def test_a_builtin_twice_in_one_composition(backend, rng, mode):
+    """Two relative-bias tables in one library: each piece's program-scope table is its own."""
+    t1, t2 = rng.standard_normal((2, 9)), rng.standard_normal((3, 5))
+    mod = ap.stitch(ap.ScoreMod.builtin("relative_bias", table=t1), ap.ScoreMod.builtin("relative_bias", table=t2))
+    q, k, v = inputs(rng, b=1, hq=4, hkv=1, nq=12, nk=20, d=8)
+    check(run(q, k, v, mod, mode, backend), sm.reference(q, k, v, mod), "float32")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_types(backend, rng, dtype):
     q, k, v = inputs(rng, dtype, b=1, hq=2, hkv=1, nq=33, nk=64, d=32)
