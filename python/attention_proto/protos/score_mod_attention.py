@@ -24,8 +24,7 @@ from .. import _core, memory
 
 MAX_HEAD_DIM: int = _core.proto_facts("score_mod_attention")["max_head_dim"][0]
 """Largest head dim (the kernel keeps a query row and its accumulator in registers)."""
-MODES: tuple[str, ...] = ("inline", "linked", "table", "stitched")
-"""How the modifier reaches the kernel (see the module docs)."""
+MODES: tuple[str, ...] = ("inline", "linked", "table", "stitched")  # how the modifier reaches the kernel
 SIGNATURE = "(float score, uint batch, uint head, uint q_idx, uint kv_idx)"
 _ARGS = "(score, batch, head, q_idx, kv_idx)"
 # A reference: float64 scores [..., Nq, Nk] and broadcastable batch, head, q_idx, kv_idx index arrays.
@@ -60,12 +59,12 @@ class ScoreMod:
         return BUILTINS[name](**params)
 
     def definition(self, function: str) -> str:
-        """MSL defining a plain function `function` + :data:`SIGNATURE` from this modifier."""
+        """MSL defining a plain function `function` + :data:`SIGNATURE` from this modifier (its names
+        score_mod, and LOCAL(x) for a built-in's program-scope names, become this function's own)."""
         if self.pieces:
             body = "".join(p.definition(f"{function}_{i}") for i, p in enumerate(self.pieces))
             calls = "".join(f"  score = {function}_{i}{_ARGS};\n" for i in range(len(self.pieces)))
             return body + f"float {function}{SIGNATURE} {{\n{calls}  return score;\n}}\n"
-        # score_mod, and LOCAL(x) for a built-in's program-scope names, become this function's own
         return (f"#define score_mod {function}\n#define LOCAL(x) {function}_##x\n#line 1 \"{self.path}\"\n"
                 f"{self.msl}\n#undef score_mod\n#undef LOCAL\n#line 1 \"<score_mod_attention: generated>\"\n")
 
