@@ -114,6 +114,19 @@ def test_identity_matches_flash_attention(backend, rng):
     assert np.max(np.abs(o - flash)) <= 2e-5
 
 
+@pytest.mark.parametrize("mode", ["linked", "table"])
+def test_equal_to_prototype_7s_fused_variants(backend, rng, mode):
+    """softcap and ALiBi as score modifiers against flash attention's function-constant variants. Prototype 7
+    measures ALiBi's distance from the bottom-right aligned query row (j - (i + Nk - Nq)); the shift is a
+    constant per row, which softmax ignores."""
+    q, k, v = inputs(rng, b=1, hq=4, hkv=2, nq=20, nk=45, d=32)
+    softcap = run(q, k, v, ap.ScoreMod.builtin("softcap", cap=2.5), mode, backend, causal=True)
+    assert np.max(np.abs(softcap - ap.flash_attention(q, k, v, causal=True, softcap=2.5, backend=backend))) <= 2e-5
+    alibi = run(q, k, v, "alibi", mode, backend, causal=True)
+    fused = ap.flash_attention(q, k, v, causal=True, alibi_slopes=ap.alibi_slopes(4), backend=backend)
+    assert np.max(np.abs(alibi - fused)) <= 2e-5
+
+
 def test_rows_whose_keys_are_all_masked_output_zero(backend, rng):
     q, k, v = inputs(rng, b=1, hq=1, hkv=1, nq=9, nk=4, d=8)  # causal, Nq > Nk: rows 0..4 see no key
     o = run(q, k, v, "identity", "inline", backend, causal=True)
