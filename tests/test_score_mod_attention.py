@@ -90,6 +90,15 @@ def test_stitched_composition(backend, rng, mode):
     check(o, r, "float32")
 
 
+@pytest.mark.parametrize("mode", ["inline", "stitched"])
+def test_a_builtin_twice_in_one_composition(backend, rng, mode):
+    """Two relative-bias tables in one library: each piece's program-scope table is its own."""
+    t1, t2 = rng.standard_normal((2, 9)), rng.standard_normal((3, 5))
+    mod = ap.stitch(ap.ScoreMod.builtin("relative_bias", table=t1), ap.ScoreMod.builtin("relative_bias", table=t2))
+    q, k, v = inputs(rng, b=1, hq=4, hkv=1, nq=12, nk=20, d=8)
+    check(run(q, k, v, mod, mode, backend), sm.reference(q, k, v, mod), "float32")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_types(backend, rng, dtype):
     q, k, v = inputs(rng, dtype, b=1, hq=2, hkv=1, nq=33, nk=64, d=32)
@@ -103,6 +112,19 @@ def test_identity_matches_flash_attention(backend, rng):
     o = run(q, k, v, "identity", "linked", backend, causal=True)
     flash = ap.flash_attention(q, k, v, causal=True, backend=backend)
     assert np.max(np.abs(o - flash)) <= 2e-5
+
+
+@pytest.mark.parametrize("mode", ["linked", "table"])
+def test_equal_to_prototype_7s_fused_variants(backend, rng, mode):
+    """softcap and ALiBi as score modifiers against flash attention's function-constant variants. Prototype 7
+    measures ALiBi's distance from the bottom-right aligned query row (j - (i + Nk - Nq)); the shift is a
+    constant per row, which softmax ignores."""
+    q, k, v = inputs(rng, b=1, hq=4, hkv=2, nq=20, nk=45, d=32)
+    softcap = run(q, k, v, ap.ScoreMod.builtin("softcap", cap=2.5), mode, backend, causal=True)
+    assert np.max(np.abs(softcap - ap.flash_attention(q, k, v, causal=True, softcap=2.5, backend=backend))) <= 2e-5
+    alibi = run(q, k, v, "alibi", mode, backend, causal=True)
+    fused = ap.flash_attention(q, k, v, causal=True, alibi_slopes=ap.alibi_slopes(4), backend=backend)
+    assert np.max(np.abs(alibi - fused)) <= 2e-5
 
 
 def test_rows_whose_keys_are_all_masked_output_zero(backend, rng):

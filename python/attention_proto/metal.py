@@ -46,11 +46,12 @@ def archive_path() -> str:
 
 
 def archive_add(kernel: Kernel) -> float:
-    """Compiles `kernel` (its constants, defines, linked functions and max-threads hint: the pipeline
-    spec) into the current archive, with the descriptor later lookups use; returns the seconds."""
+    """Compiles `kernel` (its constants, defines, what it links and max-threads hint: the pipeline spec)
+    into the current archive, with the descriptor later lookups use; returns the seconds."""
     return float(_require().metal_archive_add(kernel.source, kernel.path, kernel.include_dirs, kernel.function,
                                               kernel.constants, kernel.defines, kernel.linked_functions,
-                                              kernel.max_threads_per_threadgroup))
+                                              kernel.max_threads_per_threadgroup, kernel.table_functions,
+                                              kernel.libraries, kernel.stitched))
 
 
 def archive_add_call(proto: str, shapes: dict[str, Any], options: dict[str, Any]) -> float:

@@ -3,6 +3,7 @@
 // everywhere; without the Metal backend (or device) each raises BackendUnavailableError.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -61,14 +62,17 @@ void init_metal(nb::module_& m) {
       "metal_archive_add",
       [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
          const std::string& function, const nb::dict& constants, const std::map<std::string, std::string>& defines,
-         const std::vector<std::string>& linked_functions, uint32_t max_threads) {
+         const std::vector<std::string>& linked_functions, uint32_t max_threads,
+         const std::vector<std::string>& table_functions, const Libraries& libraries, const Graphs& stitched) {
         PipelineSpec spec{function, to_constants(constants), defines, linked_functions, max_threads};
+        set_links(spec, table_functions, libraries, stitched, include_dirs);
         Source source{text, path, include_dirs};
         nb::gil_scoped_release release;
         return metal().archive_add(source, spec);
       },
       "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a, "defines"_a, "linked_functions"_a,
-      "max_threads_per_threadgroup"_a,
+      "max_threads_per_threadgroup"_a, "table_functions"_a = std::vector<std::string>{},
+      "libraries"_a = Libraries{}, "stitched"_a = Graphs{},
       "Compiles one pipeline into the current archive (with the same descriptor lookups use); returns the seconds.");
   m.def(
       "metal_archive_add_call",

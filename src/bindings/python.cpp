@@ -19,6 +19,17 @@ nb::object numpy_type(const char* name) {
 
 bool is_ndarray(nb::handle obj) { return nb::isinstance(obj, numpy_type("ndarray")); }
 
+void set_links(PipelineSpec& spec, const std::vector<std::string>& table_functions, const Libraries& libraries,
+               const Graphs& stitched, const std::vector<std::string>& include_dirs) {
+  spec.table_functions = table_functions;
+  for (const auto& [text, path] : libraries) spec.libraries.push_back({text, path, include_dirs});
+  for (const auto& [name, nodes] : stitched) {
+    StitchingGraph g{name, {}};
+    for (const auto& [fn, args] : nodes) g.nodes.push_back({fn, args});
+    spec.stitched.push_back(g);
+  }
+}
+
 Constants to_constants(const nb::dict& constants) {
   Constants values;
   for (auto [k, v] : constants) {

@@ -4,6 +4,7 @@
 #include <nanobind/stl/string.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "protos/proto.hpp"
@@ -16,6 +17,14 @@ namespace nb = nanobind;
 // {name or [[function_constant(i)]] index: value} -> Constants ("#i" keys for indices). Values are bool,
 // int, float or numpy scalars (which keep their signedness). TypeError otherwise.
 Constants to_constants(const nb::dict& constants);
+
+// What attention_proto.Kernel links beyond linked_functions, as it passes it: libraries as (text, path)
+// pairs (searched with the kernel's include directories) and stitching graphs as (name, [(function,
+// arguments)]) with PipelineSpec's argument encoding. Sets them on `spec`.
+using Libraries = std::vector<std::pair<std::string, std::string>>;
+using Graphs = std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int>>>>>;
+void set_links(PipelineSpec& spec, const std::vector<std::string>& table_functions, const Libraries& libraries,
+               const Graphs& stitched, const std::vector<std::string>& include_dirs);
 
 // A numpy array as the core sees it: data pointer, shape, byte strides, dtype name, read-only flag,
 // read through __array_interface__ (so ml_dtypes.bfloat16 arrives as "bfloat16", which DLPack lacks).

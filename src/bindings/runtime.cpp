@@ -267,17 +267,9 @@ void init_runtime(nb::module_& m) {
       [](const std::string& text, const std::string& path, const std::vector<std::string>& include_dirs,
          const std::string& function, const nb::dict& constants, const std::map<std::string, std::string>& defines,
          const std::vector<std::string>& linked_functions, uint32_t max_threads, const std::string& backend,
-         const std::vector<std::string>& table_functions,
-         const std::vector<std::pair<std::string, std::string>>& libraries,
-         const std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int>>>>>& stitched) {
+         const std::vector<std::string>& table_functions, const Libraries& libraries, const Graphs& stitched) {
         PipelineSpec spec{function, to_constants(constants), defines, linked_functions, max_threads};
-        spec.table_functions = table_functions;
-        for (const auto& [text, lib_path] : libraries) spec.libraries.push_back({text, lib_path, include_dirs});
-        for (const auto& [name, nodes] : stitched) {
-          StitchingGraph g{name, {}};
-          for (const auto& [fn, args] : nodes) g.nodes.push_back({fn, args});
-          spec.stitched.push_back(g);
-        }
+        set_links(spec, table_functions, libraries, stitched, include_dirs);
         Backend& b = get_backend(backend);
         Source source{text, path, include_dirs};
         nb::gil_scoped_release release;  // compiling takes seconds
@@ -285,8 +277,7 @@ void init_runtime(nb::module_& m) {
       },
       "source"_a, "path"_a, "include_dirs"_a, "function"_a, "constants"_a, "defines"_a, "linked_functions"_a,
       "max_threads_per_threadgroup"_a, "backend"_a = "", "table_functions"_a = std::vector<std::string>{},
-      "libraries"_a = std::vector<std::pair<std::string, std::string>>{},
-      "stitched"_a = std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::vector<int>>>>>{},
+      "libraries"_a = Libraries{}, "stitched"_a = Graphs{},
       "Builds (or fetches from the caches) the pipeline of `function` specialised by `constants` (keys: constant "
       "names, or ints for [[function_constant(i)]] indices) and preprocessor `defines`, linking `linked_functions` "
       "(they resolve `extern` declarations) and `table_functions` (for visible_function_table arguments) from the "

@@ -24,8 +24,7 @@ from .. import _core, memory
 
 MAX_HEAD_DIM: int = _core.proto_facts("score_mod_attention")["max_head_dim"][0]
 """Largest head dim (the kernel keeps a query row and its accumulator in registers)."""
-MODES: tuple[str, ...] = ("inline", "linked", "table", "stitched")
-"""How the modifier reaches the kernel (see the module docs)."""
+MODES: tuple[str, ...] = ("inline", "linked", "table", "stitched")  # how the modifier reaches the kernel
 SIGNATURE = "(float score, uint batch, uint head, uint q_idx, uint kv_idx)"
 _ARGS = "(score, batch, head, q_idx, kv_idx)"
 # A reference: float64 scores [..., Nq, Nk] and broadcastable batch, head, q_idx, kv_idx index arrays.
@@ -60,13 +59,14 @@ class ScoreMod:
         return BUILTINS[name](**params)
 
     def definition(self, function: str) -> str:
-        """MSL defining a plain function `function` + :data:`SIGNATURE` from this modifier."""
+        """MSL defining a plain function `function` + :data:`SIGNATURE` from this modifier (its names
+        score_mod, and LOCAL(x) for a built-in's program-scope names, become this function's own)."""
         if self.pieces:
             body = "".join(p.definition(f"{function}_{i}") for i, p in enumerate(self.pieces))
             calls = "".join(f"  score = {function}_{i}{_ARGS};\n" for i in range(len(self.pieces)))
             return body + f"float {function}{SIGNATURE} {{\n{calls}  return score;\n}}\n"
-        return (f"#define score_mod {function}\n#line 1 \"{self.path}\"\n{self.msl}\n#undef score_mod\n"
-                f"#line 1 \"<score_mod_attention: generated>\"\n")
+        return (f"#define score_mod {function}\n#define LOCAL(x) {function}_##x\n#line 1 \"{self.path}\"\n"
+                f"{self.msl}\n#undef score_mod\n#undef LOCAL\n#line 1 \"<score_mod_attention: generated>\"\n")
 
     def stitchable(self) -> tuple[str, str]:
         """``(msl, graph)`` for mode "stitched": one ``[[stitchable]]`` function per piece and the graph
@@ -142,8 +142,8 @@ def relative_bias(table: Sequence[Sequence[float]] | np.ndarray | None = None) -
         raise ValueError(f"table must be finite [heads, 2M + 1], got shape {t.shape}")
     (heads, span), m = t.shape, t.shape[1] // 2
     rows = ", ".join("{" + ", ".join(_float(float(x), "table") for x in row) + "}" for row in t.astype(np.float32))
-    prelude = f"constant float RELATIVE_BIAS[{heads}][{span}] = {{{rows}}};\n"
-    body = f"return score + RELATIVE_BIAS[head % {heads}u][clamp(int(kv_idx) - int(q_idx), -{m}, {m}) + {m}];"
+    prelude = f"constant float LOCAL(bias)[{heads}][{span}] = {{{rows}}};\n"
+    body = f"return score + LOCAL(bias)[head % {heads}u][clamp(int(kv_idx) - int(q_idx), -{m}, {m}) + {m}];"
     t32 = t.astype(np.float32).astype(np.float64)  # the table as the kernel holds it
     return _builtin("relative_bias", body, lambda s, b, h, i, j: s + t32[h % heads, np.clip(j - i, -m, m) + m], prelude)
 
