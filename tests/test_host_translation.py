@@ -251,13 +251,14 @@ def test_one_helper_called_from_two_divergent_branches(host_only: str) -> None:
 
 
 def test_generated_msl_constructs(host_only: str) -> None:
-    """What CubeCL and Slang emit (prototype 5): const pointer parameters, an index-less info buffer,
+    """What CubeCL, Slang and TileLang emit (prototype 5): const and __restrict pointer parameters, an
+    index-less info buffer,
     `alignas(n) threadgroup char[]` viewed through metal::array, `threadgroup array<T, N>` whose
     template arguments hold a comma, and <metal_texture> included but unused."""
     src = """
         #include <metal_texture>
         struct info_st { uint32_t scalars[4]; };
-        kernel void gen(device float const* const x [[buffer(0)]], device float* const out [[buffer(1)]],
+        kernel void gen(device float const* const x [[buffer(0)]], device float* __restrict out [[buffer(1)]],
                         constant info_st const* const info, uint i [[thread_index_in_threadgroup]]) {
             alignas(16) threadgroup char raw[128];
             threadgroup array<float, int(32)> pairs;

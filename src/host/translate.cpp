@@ -452,6 +452,7 @@ class Translator {
     for (size_t k = from; k < to; k++) {
       const std::string& w = s(k).text;
       if (dropped_qualifiers().count(w)) continue;
+      if (w == "__restrict" || w == "__restrict__") continue;  // `device float* __restrict A` (TileLang)
       std::string piece = w == "constant" ? "const" : w;
       if (auto a = template_args_.find(piece); a != template_args_.end() && s(k).kind == Kind::Ident) piece = a->second;
       if (piece == "const" && out.size() >= 6 && out.compare(out.size() - 6, 6, "const ") == 0) continue;
