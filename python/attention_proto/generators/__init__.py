@@ -23,7 +23,11 @@ SHAPES: dict[str, dict[str, int]] = {
     "gemm_f16": {"M": 96, "N": 80, "K": 72},
     "softmax": {"rows": 37, "cols": 300},
     "attention": {"N": 64, "D": 32},
+    # A GEMM large enough to time on a GPU (the others mostly measure launch overhead there); too large
+    # for the CPU emulation, so the host only compiles it.
+    "gemm_f16_large": {"M": 1024, "N": 1024, "K": 1024},
 }
+LARGE = ("gemm_f16_large",)
 # name -> (dtype, shape expression over SHAPES' keys); inputs first, the output last.
 BUFFERS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "gemm_f32": {"A": ("float32", ("M", "K")), "B": ("float32", ("K", "N")), "C": ("float32", ("M", "N"))},
@@ -32,7 +36,8 @@ BUFFERS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "attention": {"Q": ("float32", ("N", "D")), "K": ("float32", ("N", "D")), "V": ("float32", ("N", "D")),
                   "O": ("float32", ("N", "D"))},
 }
-OUTPUTS = {"gemm_f32": "C", "gemm_f16": "C", "softmax": "Y", "attention": "O"}
+BUFFERS["gemm_f16_large"] = BUFFERS["gemm_f16"]
+OUTPUTS = {"gemm_f32": "C", "gemm_f16": "C", "softmax": "Y", "attention": "O", "gemm_f16_large": "C"}
 
 
 class GeneratorUnavailable(RuntimeError):

@@ -24,6 +24,7 @@ PROBLEMS = {
     "gemm_f16": ("gemm.slang", "gemm", {"T": "half"}),
     "softmax": ("softmax.slang", "softmax", {}),
     "attention": ("attention.slang", "attention", {}),
+    "gemm_f16_large": ("gemm.slang", "gemm", {"T": "half"}),
 }
 
 

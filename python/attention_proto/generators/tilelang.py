@@ -63,9 +63,10 @@ def _import() -> tuple[Any, str]:
     return tilelang, tilelang.__version__
 
 
-def _gemm(T: Any, dtype: str) -> Any:
-    s = SHAPES["gemm_f32"]
-    m, n, k, bm, bn, bk = s["M"], s["N"], s["K"], 32, 16, 32   # tiles dividing M and N: see the note
+def _gemm(T: Any, kernel: str, dtype: str) -> Any:
+    s = SHAPES[kernel]
+    # tiles dividing M and N: with N = 80 and 32-wide tiles TileLang's simdgroup_store writes past the row
+    m, n, k, bm, bn, bk = s["M"], s["N"], s["K"], 32, 16, 32
 
     @T.prim_func
     def gemm(A: T.Tensor((m, k), dtype), B: T.Tensor((k, n), dtype), C: T.Tensor((m, n), "float32")):
@@ -159,8 +160,9 @@ def generate() -> tuple[str, list[Generated | Unsupported]]:
     tilelang, version = _import()
     import tilelang.language as T
     import tvm
-    makers = {"gemm_f32": lambda: _gemm(T, "float32"), "gemm_f16": lambda: _gemm(T, "float16"),
-              "softmax": lambda: _softmax(T), "attention": lambda: _attention(T)}
+    makers = {"gemm_f32": lambda: _gemm(T, "gemm_f32", "float32"), "gemm_f16": lambda: _gemm(T, "gemm_f16", "float16"),
+              "softmax": lambda: _softmax(T), "attention": lambda: _attention(T),
+              "gemm_f16_large": lambda: _gemm(T, "gemm_f16_large", "float16")}
     items: list[Generated | Unsupported] = []
     for kernel, make in makers.items():
         try:

@@ -19,6 +19,7 @@ from ..kernel import DispatchTiming, Kernel
 from ..runtime import shader_dir
 
 HAND_WRITTEN = {"gemm_f32": ("gemm.metal", "gemm_f32"), "gemm_f16": ("gemm.metal", "gemm_f16"),
+                "gemm_f16_large": ("gemm.metal", "gemm_f16"),
                 "softmax": ("softmax.metal", "softmax"), "attention": None}
 
 
