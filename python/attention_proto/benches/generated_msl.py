@@ -107,9 +107,9 @@ def per_generator(ctx: Context, tables: dict[str, bench.Table], g: str, m: dict[
     static, times, num = _by(tables, "static"), _by(tables, "times"), _by(tables, "numerics")
     config = {"generator": g}
     extra = {"version": m["version"]}
-    cannot = "; ".join(f"{k}: {why[:200]}" for k, why in m["unsupported"].items())
+    cannot = "; ".join(f"{k}: {why[:300 // max(len(m['unsupported']), 1) - 40]}" for k, why in m["unsupported"].items())
     found = [ctx.finding("expressible", "api", "kernels_expressed", len(m["kernels"]), "kernels", config,
-                         f"{g} {m['version']} expresses {', '.join(m['kernels']) or 'none'} of {', '.join(SHAPES)}"
+                         f"{g} {m['version']} expresses {', '.join(m['kernels']) or 'none'}"
                          + (f"; cannot: {cannot}" if cannot else ""),
                          {"table": ctx.table_path("generators")}, extra=extra)]
     rows = [static[(k, g)] for k in m["kernels"] if (k, g) in static]
