@@ -248,3 +248,28 @@ def test_one_helper_called_from_two_divergent_branches(host_only: str) -> None:
         }""", "both", 32)
     expected = np.where(np.arange(32) < 12, 12.0, 40.0)
     np.testing.assert_array_equal(out, expected + 1000.0 * expected)
+
+
+def test_generated_msl_constructs(host_only: str) -> None:
+    """What CubeCL, Slang and TileLang emit (prototype 5): const and __restrict pointer parameters, an
+    index-less info buffer,
+    `alignas(n) threadgroup char[]` viewed through metal::array, `threadgroup array<T, N>` whose
+    template arguments hold a comma, and <metal_texture> included but unused."""
+    src = """
+        #include <metal_texture>
+        struct info_st { uint32_t scalars[4]; };
+        kernel void gen(device float const* const x [[buffer(0)]], device float* __restrict out [[buffer(1)]],
+                        constant info_st const* const info, uint i [[thread_index_in_threadgroup]]) {
+            alignas(16) threadgroup char raw[128];
+            threadgroup array<float, int(32)> pairs;
+            threadgroup array<float, 32>* view = reinterpret_cast<threadgroup array<float, 32>*>(&raw[0]);
+            (*view)[i] = x[i] * float(info->scalars[0]);
+            pairs[i] = float(view->size());
+            threadgroup_barrier(mem_flags::mem_threadgroup);
+            out[i] = (*view)[31 - i] + pairs[i];
+        }
+    """
+    x = np.arange(32, dtype=np.float32)
+    out = np.full(32, np.nan, np.float32)
+    kernel(src, "gen")(x, out, np.array([3, 0, 0, 0], np.uint32), grid=1, threadgroup=32, backend="host")
+    np.testing.assert_array_equal(out, 3 * x[::-1] + 32)

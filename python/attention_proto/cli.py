@@ -346,6 +346,17 @@ def _wrap(text: str) -> str:
     return "\n".join(textwrap.fill(par, 88) for par in text.split("\n"))
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Regenerates prototype 5's sources; reports each generator's status."""
+    from attention_proto import generators
+
+    try:
+        status = generators.generate(args.generator, out=args.out)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return 0 if any(not s.startswith("unavailable") for s in status.values()) else 1
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -472,6 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
         ["report", "report --out report.md"], cmd_report, [findings_opt])
     rep.add_argument("--out", type=Path, metavar="FILE",
                      help="Markdown file to write (default: <findings dir>/report.md)")
+
+    gen = _command(
+        sub, "generate", "regenerate prototype 5's generated MSL",
+        "Regenerate the GEMM, softmax and attention sources of CubeCL, Slang, TileLang and tinygrad into "
+        "--out/<generator>/ (with a manifest of the launches each generator reports). Each generator is an "
+        "optional dependency (pip extras slang, tilelang, tinygrad; CubeCL needs cargo): a missing one is "
+        "reported and skipped. Exit status 1 when none of the asked generators is available.",
+        ["generate", "generate --generator tinygrad cubecl"], cmd_generate)
+    gen.add_argument("--generator", nargs="+", metavar="NAME", help="only these (cubecl, slang, tilelang, tinygrad)")
+    gen.add_argument("--out", type=Path, default=Path("shaders/generated"), metavar="DIR",
+                     help="folder to write into (default: shaders/generated, run from the source checkout)")
     return parser
 
 

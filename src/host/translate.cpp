@@ -452,6 +452,7 @@ class Translator {
     for (size_t k = from; k < to; k++) {
       const std::string& w = s(k).text;
       if (dropped_qualifiers().count(w)) continue;
+      if (w == "__restrict" || w == "__restrict__") continue;  // `device float* __restrict A` (TileLang)
       std::string piece = w == "constant" ? "const" : w;
       if (auto a = template_args_.find(piece); a != template_args_.end() && s(k).kind == Kind::Ident) piece = a->second;
       if (piece == "const" && out.size() >= 6 && out.compare(out.size() - 6, 6, "const ") == 0) continue;
@@ -493,6 +494,9 @@ class Translator {
       if (decl_end == k || s(decl_end - 1).kind != Kind::Ident) error(k, "cannot read this kernel parameter");
       p.name = s(decl_end - 1).text;
       p.type = type_text(k, decl_end - 1);
+      // `device float* const v`: a const pointer parameter (CubeCL writes every buffer so); the top-level
+      // const is the parameter's own, not the pointee's, so the binding is the same as without it
+      if (p.type.size() > 7 && p.type.compare(p.type.size() - 7, 7, "* const") == 0) p.type.resize(p.type.size() - 6);
       std::string& space = p.address_space;
       for (size_t j = k; j < decl_end - 1; j++)
         if (s(j).text == "device" || s(j).text == "constant" || s(j).text == "threadgroup") space = s(j).text;
@@ -736,6 +740,13 @@ class Translator {
       if (s(k).text != "threadgroup" || s(k).kind != Kind::Ident || s(k).consumed) continue;
       size_t first = k;  // `volatile threadgroup T x[..]`: qualifiers before the address space
       while (first > 0 && (is(first - 1, "volatile") || is(first - 1, "const"))) first--;
+      // `alignas(4) threadgroup char buf[N];` (CubeCL's shared memory): the alignment goes to the storage
+      std::string align;
+      if (first > 1 && is(first - 1, ")") && match_back(first - 1) > 0 && is(match_back(first - 1) - 1, "alignas")) {
+        const size_t open = match_back(first - 1);
+        for (size_t j = open + 1; j + 1 < first; j++) align += s(j).text;
+        first = open - 1;
+      }
       const std::string before = first > 0 ? s(first - 1).text : ";";
       // a parameter, cast, template argument, or the [[threadgroup(n)]] attribute
       if (before == "(" || before == "," || before == "<" || before == "[") continue;
@@ -764,13 +775,16 @@ class Translator {
       std::vector<std::pair<size_t, size_t>> decls;
       size_t from = k + 1;
       depth = 0;
+      int angles = 0;  // `threadgroup array<float, 8> a;`: a comma inside template arguments splits nothing
       for (size_t j = k + 1; j <= semi; j++) {
         const std::string& w = s(j).text;
         if (w == "(" || w == "[" || w == "{") depth++;
         else if (w == ")" || w == "]" || w == "}") depth--;
-        if (j == semi || (depth == 0 && w == ",")) { decls.push_back({from, j}); from = j + 1; }
+        else if (depth == 0 && w == "<") angles++;
+        else if (depth == 0 && w == ">") angles--;
+        if (j == semi || (depth == 0 && angles == 0 && w == ",")) { decls.push_back({from, j}); from = j + 1; }
       }
-      std::string qualifiers = type_text(first, k), type, out;
+      std::string qualifiers = type_text(align.empty() ? first : match(first + 1) + 1, k), type, out;
       for (size_t d = 0; d < decls.size(); d++) {
         auto [a, b] = decls[d];
         size_t dims = a;
@@ -788,7 +802,8 @@ class Translator {
         if (d == 0) type = (qualifiers.empty() ? "" : qualifiers + " ") + type_text(a, dims - 1);
         std::string dim_text;
         for (size_t j = dims; j < b; j++) dim_text += s(j).text;
-        out += "auto& " + name + " = ::aproto_rt::threadgroup_variable<" + type + dim_text + ">(" +
+        out += "auto& " + name + " = ::aproto_rt::threadgroup_variable<" + type + dim_text +
+               (align.empty() ? "" : ", (" + align + ")") + ">(" +
                std::to_string(threadgroup_sites_++) + "u, \"" + name + "\");";
       }
       blank(first, semi, out);

@@ -147,8 +147,10 @@ template <class P> inline P absent_arg() {
 }
 
 // Storage of `threadgroup T name[dims];` (the translator rewrites the declaration into this).
-template <class T> inline T& threadgroup_variable(uint32_t index, const char* name) {
-  return *static_cast<T*>(g_rt->threadgroup_variable(index, sizeof(T), alignof(T), name));
+// Align: an `alignas(n)` on the declaration (n below alignof(T) is ignored, as C++ does for over-alignment)
+template <class T, size_t Align = alignof(T)> inline T& threadgroup_variable(uint32_t index, const char* name) {
+  constexpr size_t align = Align > alignof(T) ? Align : alignof(T);
+  return *static_cast<T*>(g_rt->threadgroup_variable(index, sizeof(T), align, name));
 }
 inline void* threadgroup_argument(uint32_t index) { return g_rt->threadgroup_argument(index); }
 
@@ -816,6 +818,15 @@ struct os_log {
   template <class... A> void log_info(const char*, A...) const {}
   template <class... A> void log_error(const char*, A...) const {}
   template <class... A> void log_fault(const char*, A...) const {}
+};
+
+// ---- <metal_array>: metal::array<T, N>, a fixed-size aggregate like std::array (MSL 2.4 section 2.12);
+// CubeCL views its shared memory through it, Slang declares groupshared arrays with it.
+template <class T, size_t N> struct array {
+  T elems_[N];
+  constexpr size_t size() const { return N; }
+  constexpr T& operator[](size_t i) { return elems_[i]; }
+  constexpr const T& operator[](size_t i) const { return elems_[i]; }
 };
 
 // ---- atomics: device atomics race across worker threads for real, so they map onto real atomics.
