@@ -91,8 +91,9 @@ def llama_cpp() -> Path:
     headers they include (``ggml-metal/ggml-metal-impl.h``, ``ggml-common.h``)."""
     def fill(stage: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            # an sdist: pip prepares its metadata (scikit-build-core, in an isolated environment)
-            sdist = _pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", Path(tmp), "--no-binary", ":all:")
+            # an sdist: pip prepares its metadata (scikit-build-core, in an isolated environment). Only this
+            # package is taken from source: ":all:" would build the isolated environment's cmake from source too
+            sdist = _pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", Path(tmp), "--no-binary", "llama-cpp-python")
             root = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/ggml/src/"
             with tarfile.open(sdist) as tar:
                 members = {m.name: m for m in tar.getmembers() if m.isfile()}
