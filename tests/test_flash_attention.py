@@ -310,7 +310,7 @@ def test_decode_errors(rng: np.random.Generator) -> None:
     q, k, v = make_inputs(rng, "float32", 1, 2, 1, 9, 16, 64)
     with pytest.raises(ValueError, match=r"\[flash_decode\] the decode kernel takes up to 8 query rows \(Nq\), got 9"):
         ap.flash_attention(q, k, v, kernel="decode")
-    with pytest.raises(ValueError, match="block_q, block_k and layout are options of kernel='flash'"):
+    with pytest.raises(ValueError, match="block_q, block_k, layout, alibi_slopes, softcap and rope are options of kernel='flash'"):
         ap.flash_attention(q[:, :, :4], k, v, kernel="decode", block_k=16)
     with pytest.raises(ValueError, match="kernel must be 'flash', 'decode' or None, got 'vector'"):
         ap.flash_attention(q, k, v, kernel="vector")
