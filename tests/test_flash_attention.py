@@ -26,7 +26,8 @@ import pytest
 import attention_proto as ap
 from attention_proto import _core, reference
 from attention_proto.protos.flash_attention import (
-    DEFAULT_TILES, HEAD_DIMS, MAX_BLOCK_K, fitting_tiles, flash_attention_timed, pipeline_info, threadgroup_bytes,
+    DEFAULT_TILES, HEAD_DIMS, LAYOUTS, MAX_BLOCK_K, fitting_tiles, flash_attention_timed, pipeline_info,
+    threadgroup_bytes,
 )
 from conftest import poisoned
 
@@ -57,18 +58,31 @@ def assert_close(got: np.ndarray, expected: np.ndarray, dtype: str) -> None:
                                           f"(over atol {ATOL[dtype]} + atol * |expected|, {dtype})")
 
 
+def kernel_q(q: np.ndarray, scale: float | None, layout: str | None) -> np.ndarray:
+    """The q a layout computes with: q itself, or for q_scaled layouts the Q the kernel holds, q times
+    c = float32(scale * log2 e) rounded to q's dtype, divided by c again in float64 (the reference then
+    sees exactly the kernel's Q; the bench's numerics table measures that rounding against plain q)."""
+    if not LAYOUTS.get(layout or "", {}).get("q_scaled"):
+        return q
+    c = np.float32((1.0 / math.sqrt(q.shape[3]) if scale is None else scale) * math.log2(math.e))
+    return (q.astype(np.float32) * c).astype(q.dtype).astype(np.float64) / np.float64(c)
+
+
 def check(q: np.ndarray, k: np.ndarray, v: np.ndarray, backend: str, *, causal: bool,
           scale: float | None = None, block_q: int | None = None, block_k: int | None = None,
-          memory: str = "package", with_lse: bool = True) -> None:
+          memory: str = "package", with_lse: bool = True, layout: str | None = None,
+          kernel: str | None = None) -> None:
     """Runs the kernel into poisoned arrays and compares every element with the FP64 reference."""
     dtype = q.dtype.name
     out = poisoned(q.shape, q.dtype, memory)
     lse = poisoned(q.shape[:3], np.float32, memory) if with_lse else None
     result = ap.flash_attention(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k,
-                                return_lse=with_lse, backend=backend, out=out, lse_out=lse)
+                                return_lse=with_lse, backend=backend, out=out, lse_out=lse, layout=layout,
+                                kernel=kernel)
     got, got_lse = result if with_lse else (result, None)
     assert got is out and got_lse is lse
-    expected, expected_lse = reference.attention(q, k, v, causal=causal, scale=scale, return_lse=True)
+    expected, expected_lse = reference.attention(kernel_q(q, scale, layout), k, v, causal=causal, scale=scale,
+                                                 return_lse=True)
     assert not np.isnan(out.astype(np.float32)).any(), "the kernel left output elements unwritten"
     assert_close(out, expected, dtype)
     empty_rows = np.isneginf(expected_lse)
@@ -179,6 +193,129 @@ def test_repeat_runs_the_kernel_n_times_and_reports_per_run(backend: str, rng: n
     assert_close(out, reference.attention(q, k, v), "float32")  # the same result however many runs
     with pytest.raises(ValueError, match="repeat must be >= 1"):
         flash_attention_timed(q, k, v, backend=backend, repeat=0)
+
+
+# ---------------------------------------------------------------------------------------- layouts
+# Every layout on three cases that between them cover each dtype, small and large D, causal with and
+# without lse, GQA, rows without keys (Nq > Nk) and partial tiles on both axes, and each through
+# several key blocks (so KV_DEVICE's direct blocks and its staged edge block both run).
+LAYOUT_CASES = {  # name: (dtype, B, Hq, Hkv, Nq, Nk, D, causal, lse, block_q, block_k)
+    "f16_d64_causal_gqa": ("float16", 1, 2, 1, 100, 77, 64, True, True, 16, 32),
+    "bf16_d128": ("bfloat16", 1, 1, 1, 37, 45, 128, False, False, 32, 16),
+    "f32_d32_rows_without_keys": ("float32", 1, 1, 1, 33, 21, 32, True, True, 8, 8),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout(backend: str, rng: np.random.Generator, layout: str, case: str) -> None:
+    dtype, b, hq, hkv, nq, nk, d, causal, lse, bq, bk = LAYOUT_CASES[case]
+    q, k, v = make_inputs(rng, dtype, b, hq, hkv, nq, nk, d)
+    check(q, k, v, backend, causal=causal, block_q=bq, block_k=bk, with_lse=lse, layout=layout)
+
+
+@pytest.mark.parametrize("case, gain", [("f16_d64_causal_gqa", 25.0), ("bf16_d128", 30.0)])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_layout_large_magnitude(backend: str, rng: np.random.Generator, layout: str, case: str,
+                                      gain: float) -> None:
+    # q x 25-30: scores in the hundreds, softmaxes peaked on one key, where an exp2 overflow, a
+    # sentinel leaking into the sum or a rescale skipped would show.
+    dtype, b, hq, hkv, nq, nk, d, causal, lse, bq, bk = LAYOUT_CASES[case]
+    q, k, v = make_inputs(rng, dtype, b, hq, hkv, nq, nk, d, q_gain=gain)
+    check(q, k, v, backend, causal=causal, block_q=bq, block_k=bk, with_lse=lse, layout=layout)
+
+
+def test_layout_threadgroup_bytes() -> None:
+    # Rows of D * itemsize + 16 bytes, by hand: D=64 half -> 144-byte rows; Br=16, Bc=128.
+    assert threadgroup_bytes(16, 128, 64, "float16", "separate") == (16 + 256) * 144  # 39 KB: over 32 KB
+    assert threadgroup_bytes(16, 128, 64, "float16", "aliased") == (16 + 128) * 144 == 20736
+    assert threadgroup_bytes(16, 128, 64, "float16", "direct_kv") == (16 + 128) * 144  # the edge tile
+    assert threadgroup_bytes(16, 128, 64, "float16", "regs_q") == 128 * 144  # Q staged under K/V
+    assert threadgroup_bytes(64, 16, 64, "float16", "regs_q") == 64 * 144
+    assert threadgroup_bytes(32, 16, 128, "float16", None) == 17408  # None: the default layout
+    # MFA's D = 64 fp16 tile reaches the sweep in a layout with one K/V tile, not in "separate".
+    assert (16, 128) in fitting_tiles(64, "float16", layout="aliased")
+    assert (16, 128) not in fitting_tiles(64, "float16", layout="separate")
+    assert (32, 16) in fitting_tiles(256, "float16", layout="aliased")  # D = 256 past Bc = 8
+    assert fitting_tiles(256, "float16", layout="regs_q") == []  # q_regs: D <= 128
+    for layout in LAYOUTS:
+        assert all(threadgroup_bytes(bq, bk, 80, "float32", layout) <= 32768
+                   for bq, bk in fitting_tiles(80, "float32", layout=layout))
+
+
+@pytest.mark.parametrize("layout", ["aliased", "regs_q"])
+def test_layout_dispatches_its_planned_memory(backend: str, rng: np.random.Generator, layout: str) -> None:
+    q, k, v = make_inputs(rng, "float16", 1, 1, 1, 16, 16, 64)
+    _, _, timing = flash_attention_timed(q, k, v, block_q=16, block_k=128, layout=layout, backend=backend)
+    assert timing.launches[0].threadgroup_memory == {0: threadgroup_bytes(16, 128, 64, "float16", layout)}
+    assert "KV_ALIAS=true" in timing.launches[0].key
+
+
+def test_layout_errors(rng: np.random.Generator) -> None:
+    q, k, v = make_inputs(rng, "float16", 1, 1, 1, 8, 8, 256)
+    with pytest.raises(ValueError, match=r"layout must be one of separate, aliased, .* or None, got 'fast'"):
+        ap.flash_attention(q, k, v, layout="fast")
+    with pytest.raises(ValueError, match=r"\[flash_attention\] q_regs keeps D / 8 Q fragments in registers: "
+                                         r"head_dim up to 128, got 256"):
+        ap.flash_attention(q, k, v, layout="regs_q")
+
+
+# ---------------------------------------------------------------------------------------- decode
+# The decode kernel (shaders/flash_decode.metal): Nq <= 8, forced with kernel="decode" so a change of
+# the default rule cannot silently route these to the flash kernel.
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_decode_every_head_dim_and_dtype(backend: str, rng: np.random.Generator, head_dim: int, dtype: str) -> None:
+    # GQA (2 q heads per kv head share one pass), Nq from 1 to 6 across the head dims, causal with lse.
+    q_len = HEAD_DIMS.index(head_dim) + 1
+    q, k, v = make_inputs(rng, dtype, 2, 4, 2, q_len, 37, head_dim)
+    check(q, k, v, backend, causal=True, kernel="decode")
+
+
+@pytest.mark.parametrize("dtype, b, hq, hkv, nq, nk, d, causal, lse", [
+    ("float32", 1, 1, 1, 1, 1, 64, False, True),       # one key
+    ("float32", 1, 2, 2, 8, 3, 32, True, True),        # Nq > Nk: 5 rows see no key (0, lse -inf)
+    ("float16", 1, 3, 1, 7, 100, 96, False, False),    # 21 rows of one kv head: three threadgroups
+    ("bfloat16", 1, 8, 1, 8, 50, 64, True, True),      # MQA, 64 rows: eight threadgroups of 8
+    ("float16", 1, 8, 2, 2, 4096, 128, True, True),    # long context
+])
+def test_decode_shapes(backend: str, rng: np.random.Generator, dtype: str, b: int, hq: int, hkv: int, nq: int,
+                       nk: int, d: int, causal: bool, lse: bool) -> None:
+    q, k, v = make_inputs(rng, dtype, b, hq, hkv, nq, nk, d)
+    check(q, k, v, backend, causal=causal, with_lse=lse, kernel="decode")
+
+
+@pytest.mark.parametrize("dtype, gain", [("float16", 25.0), ("bfloat16", 30.0)])
+def test_decode_large_magnitude(backend: str, rng: np.random.Generator, dtype: str, gain: float) -> None:
+    q, k, v = make_inputs(rng, dtype, 1, 4, 2, 4, 300, 64, q_gain=gain)
+    check(q, k, v, backend, causal=True, kernel="decode")
+    check(q, k, v, backend, causal=False, memory="plain", with_lse=False, kernel="decode")
+
+
+def test_decode_is_picked_for_few_query_rows(backend: str, rng: np.random.Generator) -> None:
+    q, k, v = make_inputs(rng, "float16", 1, 4, 2, 8, 40, 64)
+    _, _, timing = flash_attention_timed(q, k, v, backend=backend)
+    launch = timing.launches[0]
+    assert launch.function == "flash_decode_f16" and tuple(launch.grid) == (2, 2, 1)  # 16 rows per kv head / 8
+    assert launch.threadgroup_memory == {0: 4 * 8 * (2 * 8 + 64)}  # the shader's header formula
+    for flash in ({"block_q": 8}, {"layout": "aliased"}, {"kernel": "flash"}):  # any flash option: flash
+        assert flash_attention_timed(q, k, v, backend=backend, **flash)[2].launches[0].function == "flash_attention_f16"
+    q9 = make_inputs(rng, "float16", 1, 4, 2, 9, 40, 64)[0]
+    assert flash_attention_timed(q9, k, v, backend=backend)[2].launches[0].function == "flash_attention_f16"
+
+
+def test_decode_errors(rng: np.random.Generator) -> None:
+    q, k, v = make_inputs(rng, "float32", 1, 2, 1, 9, 16, 64)
+    with pytest.raises(ValueError, match=r"\[flash_decode\] the decode kernel takes up to 8 query rows \(Nq\), got 9"):
+        ap.flash_attention(q, k, v, kernel="decode")
+    with pytest.raises(ValueError, match="block_q, block_k, layout, alibi_slopes, softcap and rope are options of kernel='flash'"):
+        ap.flash_attention(q[:, :, :4], k, v, kernel="decode", block_k=16)
+    with pytest.raises(ValueError, match="kernel must be 'flash', 'decode' or None, got 'vector'"):
+        ap.flash_attention(q, k, v, kernel="vector")
+    with pytest.raises(ValueError, match=r"\[flash_decode\] head_dim 72 not supported"):
+        ap.flash_attention(*make_inputs(rng, "float32", 1, 1, 1, 2, 8, 72), kernel="decode")
 
 
 # ---------------------------------------------------------------------------------------- memory

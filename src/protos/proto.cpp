@@ -1,5 +1,6 @@
 #include "protos/proto.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <mutex>
@@ -247,11 +248,11 @@ BufferArg Call::buffer(const std::string& arg) const {
   if (planning_ || !has(arg)) return {};
   const Array& a = array(arg);
   bool output = false;
-  uint32_t width = 1;
+  uint64_t align = 1;
   for (const auto& spec : proto_.args)
-    if (spec.name == arg) { output = spec.output; width = spec.vector_width; }
+    if (spec.name == arg) { output = spec.output; align = std::max<uint64_t>(uint64_t(spec.vector_width) * a.itemsize, spec.align_bytes); }
   void* data = a.data;
-  if (reinterpret_cast<uintptr_t>(data) % (uint64_t(width) * a.itemsize) != 0) {
+  if (reinterpret_cast<uintptr_t>(data) % align != 0) {
     auto& copy = staged_[arg];  // one copy per argument, however many launches bind it
     if (!copy) copy = std::make_shared<Staged>(a, output);
     data = copy->data;

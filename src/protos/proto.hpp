@@ -46,6 +46,7 @@ struct ArgSpec {
   bool output = false;              // written by the kernel: writable, overlapping no other argument
   bool optional = false;            // may be None
   uint32_t vector_width = 1;        // the kernel reads vec<T, n>: data must be n * itemsize aligned
+  uint32_t align_bytes = 0;         // and (if larger) aligned to this many bytes, e.g. 16-byte loads
 };
 
 enum class OptionKind { Bool, Int, Float, Text };
