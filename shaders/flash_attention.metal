@@ -231,8 +231,8 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 
         // Scale into the log2 domain, cap, add the bias and mask. Only blocks that reach past Nk or
         // cross the causal diagonal test each element; the condition is the same for the whole
-        // threadgroup. Softcap works in natural units (softcap * tanh(scale q.k / softcap)), then
-        // moves to the log2 domain; the ALiBi bias is slope * (key - last_key) there times log2(e).
+        // threadgroup. Softcap and ALiBi are defined on the scaled score in natural units: the cap
+        // takes x ln 2 and returns to the log2 domain times log2(e), the bias is slope * log2(e) per key.
         const bool past_end = key_start + BLOCK_K > p.kv_len;
         const bool on_diagonal = CAUSAL && int(key_start + BLOCK_K) - 1 > int(q_start) + int(p.kv_len) - int(p.q_len);
         float step_max = -INFINITY;
@@ -241,9 +241,12 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
             thread auto& e = s[j].thread_elements();
             UNROLL
             for (uint c = 0; c < 2; c++) {
-                float x = USE_SOFTCAP ? vp.softcap_log2 * tanh(e[c] * vp.softcap_scale) : e[c] * p.scale_log2;
+                float x = e[c] * p.scale_log2;
+                if (USE_SOFTCAP) {  // natural units: x ln2 is the scaled score; capped, back times log2(e)
+                    x = vp.softcap_log2 * tanh(x * vp.softcap_scale);
+                }
                 const int key = int(key_start + j * 8 + frag_col + c);
-                if (USE_ALIBI) {
+                if (USE_ALIBI) {  // slope * (key - last_key), before the mask
                     x += slope_log2 * float(key - last_key);
                 }
                 if (past_end || on_diagonal) {
