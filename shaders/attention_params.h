@@ -59,8 +59,8 @@ struct RopeParams {
 // flash_attention.metal, buffer(7): what the variants (prototype 7) need, read only when their function
 // constant is on. alibi slopes are buffer(6), float [q_heads].
 struct FlashVariantParams {
-  float softcap_scale;  // USE_SOFTCAP: scale / softcap; scores become softcap * tanh(scale q.k / softcap) ...
-  float softcap_log2;   // ... times log2(e) (softcap * log2(e)): capped in natural units, then the exp2 domain
+  float softcap_scale;  // USE_SOFTCAP: ln(2) / softcap; a score x in the exp2 domain becomes ...
+  float softcap_log2;   // ... softcap * log2(e) * tanh(x ln(2) / softcap): capped in natural units
   float rope_freq_exp;    // USE_ROPE: as RopeParams::freq_exp
   uint32_t rope_dim;      // USE_ROPE: rotary_dim
   int32_t rope_q_offset;  // USE_ROPE: position of query row 0

@@ -389,9 +389,9 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
 
         // Scale into the log2 domain (unless Q_SCALED did at load), cap, add the bias and mask. Only
         // blocks that reach past Nk or cross the causal diagonal test each element; the condition is the
-        // same for the whole threadgroup. Softcap works in natural units (softcap * tanh(scale q.k /
-        // softcap); with Q_SCALED e is scale q.k log2(e), so e / softcap_log2 is that argument), then
-        // moves to the log2 domain; the ALiBi bias is slope * (key - last_key) there times log2(e).
+        // same for the whole threadgroup. Softcap and ALiBi are defined on the scaled score in natural
+        // units: the cap takes x ln 2 and returns to the log2 domain times log2(e), the bias is
+        // slope * log2(e) per key.
         const bool on_diagonal = CAUSAL && int(key_start + BLOCK_K) - 1 > int(q_start) + int(p.kv_len) - int(p.q_len);
         float step_max = masked;
         UNROLL
@@ -399,10 +399,12 @@ void attention_forward(device const T* q, device const T* k, device const T* v, 
             thread auto& e = s[j].thread_elements();
             UNROLL
             for (uint c = 0; c < 2; c++) {
-                float x = USE_SOFTCAP ? vp.softcap_log2 * tanh(Q_SCALED ? e[c] / vp.softcap_log2 : e[c] * vp.softcap_scale)
-                                      : Q_SCALED ? e[c] : e[c] * p.scale_log2;
+                float x = Q_SCALED ? e[c] : e[c] * p.scale_log2;
+                if (USE_SOFTCAP) {  // natural units: x ln2 is the scaled score; capped, back times log2(e)
+                    x = vp.softcap_log2 * tanh(x * vp.softcap_scale);
+                }
                 const int key = int(key_start + j * 8 + frag_col + c);
-                if (USE_ALIBI) {
+                if (USE_ALIBI) {  // slope * (key - last_key), before the mask
                     x += slope_log2 * float(key - last_key);
                 }
                 if (past_end || on_diagonal) {

@@ -27,15 +27,12 @@ ConstantValue u32(int64_t v) { return ConstantValue::unsigned_integer(uint64_t(v
 // Prototype 7's variants, each off unless given: ALiBi slopes (finite), softcap (> 0), fused RoPE.
 FlashVariantParams variant_params(const Call& c) {
   FlashVariantParams v{};
-  for (int64_t h = 0; c.has("alibi_slopes") && !c.planning() && h < c.dim("Hq"); h++) {
-    const float s = static_cast<const float*>(c.array("alibi_slopes").data)[h];
-    c.require(std::isfinite(s), "alibi_slopes must be finite, got " + std::to_string(s) + " at index " + std::to_string(h));
-  }
-  if (c.given("softcap")) {
-    const double cap = c.number("softcap");
-    c.require(cap > 0.0, "softcap must be > 0, got " + std::to_string(cap));
-    v.softcap_scale = float(c.number("scale") / cap), v.softcap_log2 = float(cap * 1.4426950408889634);  // log2(e)
-  }
+  const float* slopes = c.has("alibi_slopes") && !c.planning() ? static_cast<const float*>(c.array("alibi_slopes").data) : nullptr;
+  for (int64_t h = 0; slopes && h < c.dim("Hq"); h++)
+    c.require(std::isfinite(slopes[h]), "alibi_slopes must be finite, got " + std::to_string(slopes[h]) + " at index " + std::to_string(h));
+  const double cap = c.given("softcap") ? c.number("softcap") : 1.0;
+  c.require(cap > 0.0, "softcap must be > 0, got " + std::to_string(cap));
+  v.softcap_scale = float(0.6931471805599453 / cap), v.softcap_log2 = float(cap * 1.4426950408889634);  // ln 2, log2 e
   if (!c.given("rope.style")) return v;
   const RotaryOptions r = rotary_options(c, "rope.", c.dim("D"), {{"q_offset", c.dim("Nq")}, {"k_offset", c.dim("Nk")}});
   v.rope_freq_exp = r.freq_exp, v.rope_dim = r.dim, v.rope_q_offset = r.offsets[0], v.rope_k_offset = r.offsets[1];

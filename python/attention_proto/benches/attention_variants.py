@@ -12,8 +12,8 @@ an Apple-GPU result.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import ml_dtypes
@@ -33,14 +33,6 @@ SOFTCAP = 50.0  # Gemma 2's attention logit cap
 SHAPES = {"metal": {"prefill": (2, 16, 2048, 2048), "decode": (8, 32, 1, 4096)},
           "metal-quick": {"prefill": (1, 16, 1024, 1024), "decode": (4, 32, 1, 2048)},
           "host": {"prefill": (1, 8, 128, 128), "decode": (2, 8, 1, 512)}}
-
-
-@dataclasses.dataclass
-class Summed:
-    """The timing of dispatches run one after another: their per-run times added."""
-
-    seconds: float
-    wall_seconds: float
 
 
 def options(p: argparse.ArgumentParser) -> None:
@@ -78,6 +70,13 @@ def configs(ctx: Context, column: str, values: tuple[Any, ...]) -> list[Row]:
     return rows
 
 
+def keywords(slopes: np.ndarray, softcap: float, rope: Rotary) -> dict[str, dict[str, Any]]:
+    """flash_attention's keywords of each variant run by one call ("rope_separate" is three)."""
+    return {"base": {}, "control": {}, "causal": {"causal": True}, "alibi": {"alibi_slopes": slopes},
+            "softcap": {"softcap": softcap}, "rope_fused": {"rope": rope},
+            "all_fused": {"causal": True, "alibi_slopes": slopes, "softcap": softcap, "rope": rope}}
+
+
 def calls(ctx: Context, c: Row, names: tuple[Any, ...], column: str) -> dict[Any, Callable[[int], Any]]:
     """One timed call per configuration of a shape (``column``: variant or group), on fresh inputs."""
     t, made = NUMPY_DTYPES[c["dtype"]], {}
@@ -86,22 +85,19 @@ def calls(ctx: Context, c: Row, names: tuple[Any, ...], column: str) -> dict[Any
         q = ctx.rng.standard_normal((c["B"], c["Hq"], c["Nq"], c["D"])).astype(t)
         k, v = (ctx.rng.standard_normal((c["B"], hkv, c["Nk"], c["D"])).astype(t) for _ in range(2))
         made[name] = (q, k, v, np.empty_like(q), np.empty_like(q), np.empty_like(k))
-    slopes, rope = alibi_slopes(c["Hq"]), rotary(c["shape"], c["Nk"])
-    variants: dict[str, dict[str, Any]] = {
-        "base": {}, "control": {}, "causal": {"causal": True}, "alibi": {"alibi_slopes": slopes}, "softcap": {"softcap": SOFTCAP},
-        "rope_fused": {"rope": rope},
-        "all_fused": {"causal": True, "alibi_slopes": slopes, "softcap": SOFTCAP, "rope": rope}}
+    rope = rotary(c["shape"], c["Nk"])
+    variants = keywords(alibi_slopes(c["Hq"]), SOFTCAP, rope)
 
     def flash(name: Any, **kwargs: Any) -> Callable[[int], Any]:
         q, k, v, out, _, _ = made[name]
         return lambda r: flash_attention_timed(q, k, v, out=out, backend=ctx.backend, repeat=r, **kwargs)[2]
 
-    def separate(r: int) -> Summed:
+    def separate(r: int) -> SimpleNamespace:  # three dispatches one after another: their times add
         q, k, v, out, q_rot, k_rot = made["rope_separate"]
         parts = [rope_timed(q, offset=rope.q_offset, out=q_rot, backend=ctx.backend, repeat=r)[1],
                  rope_timed(k, offset=rope.k_offset, out=k_rot, backend=ctx.backend, repeat=r)[1],
                  flash_attention_timed(q_rot, k_rot, v, out=out, backend=ctx.backend, repeat=r)[2]]
-        return Summed(sum(p.seconds for p in parts), sum(p.wall_seconds for p in parts))
+        return SimpleNamespace(seconds=sum(p.seconds for p in parts), wall_seconds=sum(p.wall_seconds for p in parts))
 
     if column == "group":
         return {g: flash(g) for g in names}
@@ -144,21 +140,18 @@ def numerics_rows(ctx: Context) -> list[Row]:
     d, t = head_dim(ctx), NUMPY_DTYPES[ctx.args.dtype]
     rng = np.random.default_rng(ctx.args.seed)
     q, k, v = (rng.standard_normal((1, 4, 64, d)).astype(t) for _ in range(3))
-    rope, slopes = Rotary(q_offset=16), alibi_slopes(4)
-    cases = {"base": {}, "causal": {"causal": True}, "alibi": {"alibi_slopes": slopes},
-             "softcap": {"softcap": 5.0}, "rope_fused": {"rope": rope},
-             "all_fused": {"causal": True, "alibi_slopes": slopes, "softcap": 5.0, "rope": rope}}
+    rope = Rotary(q_offset=16)
     rows = []
-    for name, kwargs in cases.items():
+    for name, kwargs in keywords(alibi_slopes(4), 5.0, rope).items():
+        if name == "control":
+            continue
         out = flash_attention_timed(q, k, v, backend=ctx.backend, **kwargs)[0].astype(np.float64)
         r = reference.attention(q, k, v, **kwargs)
-        rows.append({"variant": name, "D": d, "dtype": ctx.args.dtype,
-                     "rel_err": float(np.linalg.norm(out - r) / np.linalg.norm(r)), "max_err": float(np.abs(out - r).max())})
-    q_rot = rope_timed(q, offset=rope.q_offset, backend=ctx.backend)[0]
-    k_rot = rope_timed(k, offset=rope.k_offset, backend=ctx.backend)[0]
-    separate = flash_attention_timed(q_rot, k_rot, v, backend=ctx.backend)[0].astype(np.float64)
-    fused = flash_attention_timed(q, k, v, rope=rope, backend=ctx.backend)[0].astype(np.float64)
-    rows[[r["variant"] for r in rows].index("rope_fused")]["max_diff_vs_separate"] = float(np.abs(fused - separate).max())
+        rows.append({"variant": name, "D": d, "dtype": ctx.args.dtype, "rel_err": float(np.linalg.norm(out - r) / np.linalg.norm(r))})
+        if name == "rope_fused":  # against rope(q), rope(k), then the base kernel
+            rotated = (rope_timed(x, offset=o, backend=ctx.backend)[0] for x, o in ((q, rope.q_offset), (k, rope.k_offset)))
+            separate = flash_attention_timed(*rotated, v, backend=ctx.backend)[0].astype(np.float64)
+            rows[-1]["max_diff_vs_separate"] = float(np.abs(out - separate).max())
     return rows
 
 
@@ -166,8 +159,7 @@ def by(rows: list[Row], column: str, shape: str) -> dict[Any, Row]:
     return {r[column]: r for r in rows if r["shape"] == shape and "relative" in r}
 
 
-def shape_config(rows: list[Row]) -> dict[str, Any]:
-    """The shapes a table measured, for a finding's config: {"prefill": "B1 Hq8 Nq128 Nk128", ...}."""
+def shape_config(rows: list[Row]) -> dict[str, Any]:  # {"prefill": "B1 Hq8 Nq128 Nk128", ...}
     return {r["shape"]: f"B{r['B']} Hq{r['Hq']} Nq{r['Nq']} Nk{r['Nk']}" for r in rows}
 
 
@@ -188,10 +180,8 @@ def variant_findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Fi
     pre, dec = by(rows, "variant", "prefill"), by(rows, "variant", "decode")
     if any(n not in r for r in (pre, dec) for n in ("base", "control")):
         return []
-    config = {"D": pre["base"]["D"], "dtype": pre["base"]["dtype"]}
-    extra = {"shapes": shape_config(rows)}
-    singles = ("causal", "alibi", "softcap", "rope_separate", "rope_fused")
-    worst = max((n for n in singles if n in pre), key=lambda n: pre[n]["relative"])
+    config, extra = {"D": pre["base"]["D"], "dtype": pre["base"]["dtype"]}, {"shapes": shape_config(rows)}
+    worst = max((n for n in VARIANTS[2:-1] if n in pre), key=lambda n: pre[n]["relative"])  # one variant alone
     found = [ctx.finding(
         "variant_cost", "performance", "relative_time_vs_base", pre[worst]["relative"], "x", config,
         f"time / base kernel on {ctx.device['name']} (D={config['D']} {config['dtype']}): "
@@ -216,9 +206,8 @@ def variant_findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.Fi
         + f" vs noise {100 * noise:.0f}% on {ctx.device['name']}: function constants for "
         f"{', '.join(constants) or 'none'}; a run-time argument would do for "
         f"{', '.join(n for n in on_cost if n not in constants) or 'none'}",
-        {"derived": "on cost = max(prefill, decode) relative - 1; a function constant where it exceeds the noise, "
-                    "max |control ratio - 1| over its median, p20, p80", "on_cost": on_cost, "noise": noise,
-         "table": ctx.table_path("variants")},
+        {"derived": "on cost = max(prefill, decode) relative - 1 > noise = max |control ratio - 1| (median, p20, "
+                    "p80)", "on_cost": on_cost, "noise": noise, "table": ctx.table_path("variants")},
         extra={**extra, "function_constants": constants}))
     return found
 
@@ -241,13 +230,12 @@ def numerics_findings(ctx: Context, tables: dict[str, bench.Table]) -> list[kb.F
     rows = tables["numerics"].rows
     fused = next(r for r in rows if r["variant"] == "rope_fused")
     measured_on = "the host emulation (IEEE float32 on the CPU)" if ctx.is_host else ctx.device["name"]
-    worst = max(rows, key=lambda r: r["rel_err"])
     return [ctx.finding(
         "accuracy", "numerics", "fused_rope_max_diff_vs_separate", fused["max_diff_vs_separate"], "",
         {"D": fused["D"], "dtype": fused["dtype"]},
         f"fused RoPE vs rope() then flash: max |diff| {fused['max_diff_vs_separate']:.2g}; relative error vs FP64: "
-        + " ".join(f"{r['variant']} {r['rel_err']:.2g}" for r in rows) + f" (worst {worst['variant']}; B=1 Hq=4 N=64 "
-        f"D={fused['D']} {fused['dtype']}) on {measured_on}",
+        + " ".join(f"{r['variant']} {r['rel_err']:.2g}" for r in rows) + f" (B=1 Hq=4 N=64 D={fused['D']} "
+        f"{fused['dtype']}) on {measured_on}",
         {"samples": [r["rel_err"] for r in rows], "test": "tests/test_attention_variants.py",
          "table": ctx.table_path("numerics")})]
 
@@ -285,7 +273,7 @@ SPEC = BenchSpec(
     ),
     findings=findings,
     options=options,
-    examples=("--quick", "--quick --head-dim 128 --seq 64 --context 256", "--backend metal"),
+    examples=("--quick --head-dim 32 --seq 32 --context 64 --samples 2", "--backend metal"),
 )
 
 

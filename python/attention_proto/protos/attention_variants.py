@@ -1,20 +1,13 @@
-"""Prototype 7: what real models add to attention (RoPE, ALiBi, logit softcapping, GQA), what each costs,
-fused or separate.
+"""Prototype 7: what real models add to attention (RoPE, ALiBi, logit softcapping, GQA), fused or separate.
 
-:func:`rope` is the separate rotary-embedding pass (``shaders/rope.metal``), as MLX, llama.cpp and vLLM run
-it. Flash attention (:func:`attention_proto.flash_attention`) takes the variants as keywords, each a function
-constant of its kernel, so a call without them runs the kernel it always ran:
-
-* ``alibi_slopes=``: float32 ``[Hq]``, adds ``slope_h * (j - (i + Nk - Nq))`` to the scaled score of query i
-  and key j (vLLM's convention: 0 on the diagonal, negative for earlier keys); :func:`alibi_slopes` gives the
-  standard slopes;
-* ``softcap=``: scores become ``softcap * tanh(scores / softcap)`` (Gemma 2), before the bias and the mask;
-* ``rope=Rotary(...)``: Q and K rotated as their tiles are loaded (fused), equal to
-  ``flash_attention(rope(q, offset=q_offset), rope(k, offset=k_offset), v)`` to rounding.
-
-Every argument is checked by the C++ entry points (``_core.rope``, ``_core.flash_attention``): bad input
-raises ValueError or TypeError naming the argument (``rotary_dim``, ``rope.rotary_dim``, ``positions``, ...).
-``attention-proto bench attention_variants`` measures each variant against the base kernel.
+:func:`rope` is the separate rotary-embedding pass (``shaders/rope.metal``), as MLX, llama.cpp and vLLM run it.
+:func:`attention_proto.flash_attention` takes the variants as keywords, each a function constant of its kernel
+(a call without them runs the kernel it always ran): ``alibi_slopes=`` (float32 ``[Hq]``, adds
+``slope_h * (j - (i + Nk - Nq))`` to the scaled score of query i and key j, vLLM's convention; see
+:func:`alibi_slopes`), ``softcap=`` (``softcap * tanh(score / softcap)``, Gemma 2, before bias and mask) and
+``rope=Rotary(...)`` (Q and K rotated as their tiles load, equal to rotating them first to rounding).
+The C++ entry points (``_core.rope``, ``_core.flash_attention``) check every argument: ValueError or
+TypeError naming it (``rotary_dim``, ``rope.rotary_dim``, ``positions``, ...).
 """
 from __future__ import annotations
 
