@@ -219,3 +219,33 @@ def rope(x: np.ndarray, *, offset: int = 0, positions: np.ndarray | None = None,
     ``positions[n]`` (``[N]``), or ``positions[b, n]`` (``[B, N]``)."""
     pos = offset + np.arange(x.shape[2]) if positions is None else np.asarray(positions)
     return _rotate(x, pos, base, style, rotary_dim)
+
+
+def attention_variants(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False,
+                       scale: float | None = None, softcap: float | None = None,
+                       alibi_slopes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`attention` with the score variants, in float64: the score is ``scale * q.k``, then softcap
+    ``c * tanh(s / c)``, then ALiBi ``slope_h * (j - (i + Nk - Nq))`` for query i and key j (Burn's order:
+    bias after softcap); v may have its own head dim ``[B, Hkv, Nk, Dv]``. Returns ``(out, lse)`` with the
+    same conventions as :func:`attention` (a row that sees no key: output 0, logsumexp ``-inf``)."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    q64 = q.astype(np.float64).reshape(batch, kv_heads, group, q_len, head_dim)
+    scores = scale * (q64 @ np.swapaxes(k.astype(np.float64)[:, :, None], -1, -2))  # [B, Hkv, group, Nq, Nk]
+    if softcap is not None:
+        scores = softcap * np.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        offset = np.arange(kv_len)[None, :] - (np.arange(q_len)[:, None] + kv_len - q_len)
+        scores = scores + np.asarray(alibi_slopes, np.float64).reshape(kv_heads, group)[..., None, None] * offset
+    if causal:
+        scores = np.where(causal_mask(q_len, kv_len), scores, -np.inf)
+    row_max = scores.max(axis=-1, keepdims=True)
+    seen = np.isfinite(row_max)
+    weights = np.exp(scores - np.where(seen, row_max, 0.0))
+    row_sum = weights.sum(axis=-1, keepdims=True)
+    out = (weights @ v.astype(np.float64)[:, :, None]) / np.where(seen, row_sum, 1.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(seen, row_max + np.log(row_sum), -np.inf)[..., 0]
+    return out.reshape(batch, q_heads, q_len, v.shape[-1]), lse.reshape(batch, q_heads, q_len)
