@@ -274,7 +274,7 @@ SPEC = BenchSpec(
                   msl, timed=False),
     ),
     findings=findings,
-    examples=("--quick", "--samples 10"),
+    examples=("--quick",),
 )
 
 

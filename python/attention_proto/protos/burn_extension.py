@@ -5,8 +5,8 @@ over Burn's ``Backend``, run on Burn's Flex CPU backend) driven from Python thro
 output gradient) as raw float32, runs one call of the extension or of Burn's own ``attention`` op, and
 reads the outputs back. Flex timings are native CPU code (not the MSL emulation, and never an Apple GPU).
 The crate is found in ``$APROTO_RUST_DIR``, the source checkout the current directory is in, or the copy
-shipped inside the package; cargo builds into ``$CARGO_TARGET_DIR``, else the workspace's ``target/`` (the
-package's copy: ``~/.cache/attention-proto/cargo``).
+shipped inside the package; cargo builds into ``$CARGO_TARGET_DIR`` or ``~/.cache/attention-proto/cargo``
+(shared by both, so Burn is compiled once).
 """
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def cargo() -> str:
 
 
 def _env() -> dict[str, str]:
-    shipped = rust_dir().parent == Path(__file__).resolve().parents[1]  # the package's copy: not writable
-    default = Path.home() / ".cache" / "attention-proto" / "cargo" if shipped else rust_dir() / "target"
+    # One target folder for the checkout's sources and the package's copy alike: Burn and its dependencies
+    # (the cold build's minutes) are built once and shared; only this crate is rebuilt when the sources move.
+    default = Path.home() / ".cache" / "attention-proto" / "cargo"
     return {**os.environ, "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR") or str(default)}
 
 
