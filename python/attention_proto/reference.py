@@ -25,7 +25,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
 
     Args:
         q: ``[B, Hq, Nq, D]``, any float dtype (converted to float64).
-        k, v: ``[B, Hkv, Nk, D]`` with ``Hq % Hkv == 0``.
+        k, v: ``[B, Hkv, Nk, D]`` with ``Hq % Hkv == 0`` (v may have a head dim of its own, ``Dv``).
         causal: apply the bottom-right aligned causal mask (see :func:`causal_mask`).
         scale: the softmax scale, ``1 / sqrt(D)`` when None.
         return_lse: also return the natural-log logsumexp of each row's scaled, masked scores.
@@ -35,12 +35,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
             with ``rope.base``, ``rope.style``, ``rope.rotary_dim``; an ``attention_proto.Rotary``).
 
     Returns:
-        The output ``[B, Hq, Nq, D]`` float64, and with ``return_lse`` the logsumexp ``[B, Hq, Nq]``
+        The output ``[B, Hq, Nq, Dv]`` float64, and with ``return_lse`` the logsumexp ``[B, Hq, Nq]``
         float64. A query row that sees no key (causal with ``Nq > Nk``) has output 0 and logsumexp
         ``-inf``: softmax over an empty set is taken as no contribution rather than NaN, the same
         definition the flash attention kernel implements.
     """
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"expected q [B, Hq, Nq, D] and k, v [B, Hkv, Nk, D], got {q.shape}, {k.shape}, {v.shape}")
     batch, q_heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
@@ -69,7 +69,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
     weights = np.exp(scores - np.where(seen, row_max, 0.0))
     row_sum = weights.sum(axis=-1, keepdims=True)
     out = (weights @ v64) / np.where(seen, row_sum, 1.0)
-    out = out.reshape(batch, q_heads, q_len, head_dim)
+    out = out.reshape(batch, q_heads, q_len, v.shape[-1])
     if not return_lse:
         return out
     with np.errstate(divide="ignore"):  # log(0) = -inf for rows that see no key
@@ -219,3 +219,4 @@ def rope(x: np.ndarray, *, offset: int = 0, positions: np.ndarray | None = None,
     ``positions[n]`` (``[N]``), or ``positions[b, n]`` (``[B, N]``)."""
     pos = offset + np.arange(x.shape[2]) if positions is None else np.asarray(positions)
     return _rotate(x, pos, base, style, rotary_dim)
+

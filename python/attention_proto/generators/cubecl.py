@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
+from ..protos import burn_extension
 from . import SHAPES, Generated, GeneratorUnavailable, Unsupported
 
 def crate_dir() -> Path:
@@ -40,13 +40,14 @@ def info_words(source: str) -> int:
 def run_crate(crate: Path | None = None) -> dict:
     """Builds (debug profile: the quickest cold build) and runs the crate; returns its JSON."""
     crate = crate or crate_dir()
-    cargo = shutil.which("cargo")
-    if cargo is None:
-        raise GeneratorUnavailable("cargo is not on PATH (install Rust with rustup to build rust/cubecl_msl)")
+    try:
+        cargo = burn_extension.cargo()
+    except burn_extension.CargoUnavailable as e:
+        raise GeneratorUnavailable(str(e)) from None
     if not (crate / "Cargo.toml").is_file():
         raise GeneratorUnavailable(f"no Rust workspace at {crate} (run from a source checkout)")
     proc = subprocess.run([cargo, "run", "--quiet", "--locked", "-p", "cubecl_msl"], cwd=crate,
-                          capture_output=True, text=True)
+                          env=burn_extension.cargo_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"cargo run -p cubecl_msl failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout)
