@@ -142,15 +142,21 @@ def analyse(source: str) -> dict[str, int]:
     functions = _functions(text)
     direct = {name: _direct(body, params, text) for name, (_, params, body) in functions.items()}
 
-    def total(name: str, depth: int = 0) -> Counter[str]:
-        counts = Counter(direct[name])
-        if depth < 8:
+    memo: dict[str, Counter[str]] = {}
+
+    def total(name: str, calling: frozenset[str] = frozenset()) -> Counter[str]:
+        # Each function once (MSL has no recursion; `calling` only guards against a misparse): walking
+        # every callee at every depth was exponential in the number of helpers.
+        if name not in memo:
+            counts = Counter(direct[name])
             for callee in functions:
-                if callee != name:
-                    calls = len(re.findall(rf"\b{callee}\s*\(", functions[name][2]))
-                    for key, value in total(callee, depth + 1).items():
-                        counts[key] += (calls if key in _PER_CALL else min(calls, 1)) * value
-        return counts
+                calls = 0 if callee == name or callee in calling else \
+                    len(re.findall(rf"\b{callee}\s*\(", functions[name][2]))
+                if calls:
+                    for key, value in total(callee, calling | {name}).items():
+                        counts[key] += (calls if key in _PER_CALL else 1) * value
+            memo[name] = counts
+        return memo[name]
 
     result: Counter[str] = Counter()
     kernels = [n for n, (is_kernel, _, _) in functions.items() if is_kernel]

@@ -10,15 +10,7 @@ pub const GEMM_TILE: u32 = 16;
 /// of the 16x16 tile; per step of 8 along k the cube stages A [16][8] and B [8][16] in shared memory
 /// (zeros outside the matrices, so any m, n, k works) and each plane runs one MMA.
 #[cube(launch)]
-pub fn gemm<F: Float>(
-    a: &[F],
-    b: &[F],
-    c: &mut [f32],
-    m: u32,
-    n: u32,
-    k: u32,
-    #[define(F)] _dtype: ElemType,
-) {
+pub fn gemm<F: Float>(a: &[F], b: &[F], c: &mut [f32], m: u32, n: u32, k: u32, #[define(F)] _dtype: ElemType) {
     let mut a_tile = Shared::<[F]>::new_slice(128usize);
     let mut b_tile = Shared::<[F]>::new_slice(128usize);
     let mut c_tile = Shared::<[f32]>::new_slice(256usize);
@@ -57,40 +49,19 @@ pub fn gemm<F: Float>(
         // thread t stages A[t / 8][t % 8] and B[t / 16][t % 16]
         let ar = row0 + t / 8;
         let ak = k0 + t % 8;
-        a_tile[t as usize] = if ar < m && ak < k {
-            a[(ar * k + ak) as usize]
-        } else {
-            F::new(0.0)
-        };
+        a_tile[t as usize] = if ar < m && ak < k { a[(ar * k + ak) as usize] } else { F::new(0.0) };
         let bk = k0 + t / 16;
         let bc = col0 + t % 16;
-        b_tile[t as usize] = if bk < k && bc < n {
-            b[(bk * n + bc) as usize]
-        } else {
-            F::new(0.0)
-        };
+        b_tile[t as usize] = if bk < k && bc < n { b[(bk * n + bc) as usize] } else { F::new(0.0) };
         sync_cube();
-        cmma::load(
-            &mut fa,
-            &a_tile[(frag_row * 8) as usize..(frag_row * 8 + 64) as usize],
-            8,
-        );
-        cmma::load(
-            &mut fb,
-            &b_tile[frag_col as usize..(frag_col + 120) as usize],
-            16,
-        );
+        cmma::load(&mut fa, &a_tile[(frag_row * 8) as usize..(frag_row * 8 + 64) as usize], 8);
+        cmma::load(&mut fb, &b_tile[frag_col as usize..(frag_col + 120) as usize], 16);
         cmma::execute(&fa, &fb, &acc, &acc);
         sync_cube();
         k0 += 8;
     }
     let start = frag_row * 16 + frag_col;
-    cmma::store(
-        &mut c_tile[start as usize..(start + 120) as usize],
-        &acc,
-        16,
-        cmma::MatrixLayout::RowMajor,
-    );
+    cmma::store(&mut c_tile[start as usize..(start + 120) as usize], &acc, 16, cmma::MatrixLayout::RowMajor);
     sync_cube();
     for e in 0..2u32 {
         let idx = t * 2 + e;
@@ -152,15 +123,7 @@ pub fn softmax(x: &[f32], y: &mut [f32], cols: u32) {
 /// O = softmax(Q K^T / sqrt(d)) V for one head, Q, K, V, O [n, d]. One plane (32 units) per query row:
 /// the scores of all n keys live in shared memory (n <= `max_keys`), reduced with plane_max / plane_sum.
 #[cube(launch)]
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &mut [f32],
-    n: u32,
-    d: u32,
-    #[comptime] max_keys: usize,
-) {
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], n: u32, d: u32, #[comptime] max_keys: usize) {
     let mut p = Shared::<[f32]>::new_slice(max_keys);
     let row = CUBE_POS_X;
     let scale = f32::new(1.0) / f32::sqrt(f32::cast_from(d));

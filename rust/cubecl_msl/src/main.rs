@@ -7,8 +7,7 @@ mod kernels;
 use std::sync::Arc;
 
 use cubecl::ir::{
-    DeviceIdentity, DeviceProperties, ElemType, FloatKind, HardwareProperties,
-    MemoryDeviceProperties, TargetProperties,
+    DeviceIdentity, DeviceProperties, ElemType, FloatKind, HardwareProperties, MemoryDeviceProperties, TargetProperties,
 };
 use cubecl::prelude::*;
 use cubecl_cpp::MslCompiler;
@@ -39,9 +38,8 @@ fn properties() -> Arc<DeviceProperties> {
         cubecl::profile::TimingMethod::Device,
         DeviceIdentity::default(),
     );
-    let combinations = cubecl_cpp::metal::supported_cmma_combinations_metal(
-        &cubecl_cpp::metal::arch::MetalArchitecture::Metal3,
-    );
+    let combinations =
+        cubecl_cpp::metal::supported_cmma_combinations_metal(&cubecl_cpp::metal::arch::MetalArchitecture::Metal3);
     cubecl_cpp::shared::register_wmma_features(combinations, &mut props);
     Arc::new(props)
 }
@@ -77,9 +75,7 @@ fn emit(problem: &str, scalars: &[&str], kernel: &impl CubeKernel) -> String {
 }
 
 fn main() {
-    let target = Arc::new(TargetProperties {
-        mma: Default::default(),
-    });
+    let target = Arc::new(TargetProperties { mma: Default::default() });
     let gemm_dim = CubeDim::new_2d(32, 4);
     let f16 = ElemType::Float(FloatKind::F16);
     let f32e = ElemType::Float(FloatKind::F32);
@@ -129,8 +125,5 @@ fn main() {
             ),
         ),
     ];
-    println!(
-        "{{\"cubecl\": \"0.11.3\", \"kernels\": [\n{}\n]}}",
-        entries.join(",\n")
-    );
+    println!("{{\"cubecl\": \"0.11.3\", \"kernels\": [\n{}\n]}}", entries.join(",\n"));
 }
