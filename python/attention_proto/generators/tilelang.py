@@ -10,6 +10,7 @@ signature declares it (TileLang declares vectorised half buffers as `uint4`).
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import re
 import sys
 import types
@@ -44,6 +45,8 @@ class _InertModule(types.ModuleType):
 
 
 def _import() -> tuple[Any, str]:
+    if importlib.util.find_spec("tilelang") is None:  # before any stand-in: it must not outlive a failed import
+        raise GeneratorUnavailable("tilelang is not installed (pip install 'attention-proto[tilelang]')")
     try:
         import torch  # noqa: F401
     except ImportError:
